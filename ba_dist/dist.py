@@ -1,0 +1,276 @@
+"""Distribution for ba_dist: MPI/Horovod start-up and the Batch Augmentation topology.
+
+This is the only module that talks to MPI and Horovod directly. Everything else
+asks it for a :class:`Topology` (pure arithmetic on rank and size) or a
+:class:`Context` (the topology plus the live communicators).
+
+BA topology, for a world of ``N`` ranks and multiplicity ``M = m_ranks x m_local``::
+
+    groups        N / m_ranks groups of m_ranks CONSECUTIVE ranks
+                  (consecutive ranks usually share a node or a switch, so the
+                  group's broadcast traffic stays local)
+    group_id      rank // m_ranks
+    rank_in_group rank %  m_ranks   (rank_in_group 0 is the group's reader)
+    each rank     makes m_local augmented copies of each of its unique samples
+
+Every rank of a group trains on the same unique samples; groups get disjoint
+shards. With ``b`` unique samples per rank the global batch is::
+
+    N ranks x (m_local x b) examples = (N / m_ranks x b) unique x M copies
+
+Impossible topologies are rejected by :func:`validate_topology` on every rank
+*before* any collective is issued, so a bad launch exits instead of hanging.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from typing import Any, Optional, Sequence
+
+__all__ = [
+    "TopologyError",
+    "Topology",
+    "Context",
+    "validate_topology",
+    "make_topology",
+    "world_rank_and_size",
+    "init",
+    "context",
+    "abort",
+]
+
+
+class TopologyError(ValueError):
+    """A BA topology that cannot be laid out on the given world."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Where one rank sits in the BA layout. Pure data, no communicators."""
+
+    rank: int
+    world_size: int
+    m_ranks: int = 1
+    m_local: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def multiplicity(self) -> int:
+        """Total BA multiplicity M: copies of every unique sample in the global batch."""
+        return self.m_ranks * self.m_local
+
+    @property
+    def num_groups(self) -> int:
+        return self.world_size // self.m_ranks
+
+    @property
+    def group_id(self) -> int:
+        return self.rank // self.m_ranks
+
+    @property
+    def rank_in_group(self) -> int:
+        return self.rank % self.m_ranks
+
+    @property
+    def group_ranks(self) -> tuple[int, ...]:
+        """Global ranks of this rank's group, reader first."""
+        first = self.group_id * self.m_ranks
+        return tuple(range(first, first + self.m_ranks))
+
+    @property
+    def reader_rank(self) -> int:
+        """Global rank that reads and decodes files for the group."""
+        return self.group_ranks[0]
+
+    @property
+    def is_reader(self) -> bool:
+        return self.rank_in_group == 0
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0: the only rank that writes logs, checkpoints and progress bars."""
+        return self.rank == 0
+
+    def all_groups(self) -> list[tuple[int, ...]]:
+        return [tuple(range(g * self.m_ranks, (g + 1) * self.m_ranks)) for g in range(self.num_groups)]
+
+    def describe(self) -> str:
+        return (f"rank {self.rank}/{self.world_size} (local {self.local_rank}/{self.local_size}), "
+                f"group {self.group_id}/{self.num_groups} rank-in-group {self.rank_in_group}/{self.m_ranks}, "
+                f"M = {self.m_ranks} ranks x {self.m_local} local = {self.multiplicity}")
+
+
+def validate_topology(world_size: int, m_ranks: int, m_local: int = 1) -> None:
+    """Raise :class:`TopologyError` if ``m_ranks`` x ``m_local`` cannot be laid out on ``world_size`` ranks.
+
+    Depends only on its arguments, so every rank reaches the same verdict
+    without communicating.
+    """
+    for name, value in (("world size", world_size), ("m_ranks", m_ranks), ("m_local", m_local)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TopologyError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise TopologyError(f"{name} must be >= 1, got {value}")
+    if world_size % m_ranks:
+        raise TopologyError(
+            f"world size {world_size} is not divisible by m_ranks={m_ranks}: BA groups are "
+            f"m_ranks consecutive ranks, so launch a multiple of {m_ranks} ranks "
+            f"(e.g. {m_ranks * max(1, world_size // m_ranks)} or {m_ranks * (world_size // m_ranks + 1)}) "
+            f"or choose an m_ranks that divides {world_size}")
+
+
+def make_topology(rank: int, world_size: int, m_ranks: int = 1, m_local: int = 1,
+                  local_rank: int = 0, local_size: int = 1) -> Topology:
+    """Validated :class:`Topology` for one rank (no MPI involved)."""
+    validate_topology(world_size, m_ranks, m_local)
+    if not 0 <= rank < world_size:
+        raise TopologyError(f"rank {rank} outside world of size {world_size}")
+    return Topology(rank, world_size, m_ranks, m_local, local_rank, local_size)
+
+
+def world_rank_and_size() -> tuple[int, int]:
+    """(rank, size) of MPI_COMM_WORLD; (0, 1) for a plain process outside mpirun."""
+    from mpi4py import MPI  # initialises MPI; a singleton process is rank 0 of 1
+    comm = MPI.COMM_WORLD
+    return comm.Get_rank(), comm.Get_size()
+
+
+@dataclasses.dataclass
+class Context:
+    """A live BA topology: the :class:`Topology` plus Horovod and MPI handles.
+
+    Attributes:
+      topology: the rank's place in the layout.
+      hvd: the initialised ``horovod.tensorflow`` module.
+      process_set: Horovod process set of this rank's group (the global set if
+        the group is the whole world). Use it with ``horovod.tensorflow`` ops:
+        ``hvd.broadcast(t, root_rank=topology.reader_rank, process_set=ctx.process_set)``.
+      group_comm: mpi4py sub-communicator of the group; the reader is rank 0 in it.
+      world_comm: mpi4py ``COMM_WORLD``.
+    """
+
+    topology: Topology
+    hvd: Any
+    process_set: Any
+    group_comm: Any
+    world_comm: Any
+
+    @property
+    def rank(self) -> int:
+        return self.topology.rank
+
+    @property
+    def size(self) -> int:
+        return self.topology.world_size
+
+
+_CONTEXT: Optional[Context] = None
+_LOCK = threading.Lock()
+
+
+def _pin_gpu(local_rank: int) -> None:
+    """One GPU per rank, by local rank, with memory growth (as Horovod's examples do)."""
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if gpus:
+        tf.config.set_visible_devices(gpus[local_rank % len(gpus)], "GPU")
+
+
+def _install_abort_hook(world_size: int) -> None:
+    """Turn an uncaught exception on any rank into MPI_Abort of the whole job.
+
+    Without it, the other ranks would sit in their next allreduce forever
+    while the failed rank waits in Horovod's shutdown.
+    """
+    if world_size <= 1:
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        previous(exc_type, exc, tb)
+        sys.stderr.flush()
+        if not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            abort(1)
+
+    sys.excepthook = hook
+
+
+def abort(code: int = 1) -> None:
+    """Abort every rank of the job (MPI_Abort). Use after an unrecoverable error."""
+    from mpi4py import MPI
+    sys.stdout.flush()
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(code)
+
+
+def init(m_ranks: int = 1, m_local: int = 1, *, pin_gpu: bool = True,
+         abort_on_error: bool = True) -> Context:
+    """Start MPI and Horovod and lay out the BA groups. Idempotent per process.
+
+    The topology is validated from the world size alone before Horovod starts,
+    so an impossible layout raises :class:`TopologyError` on every rank and no
+    rank is left waiting in a collective.
+
+    Args:
+      m_ranks: ranks per BA group (each group trains on the same unique samples).
+      m_local: augmented copies of each sample made on every rank.
+      pin_gpu: give each rank the GPU of its local rank (memory growth on).
+      abort_on_error: MPI_Abort the job when any rank dies of an uncaught exception.
+
+    Returns:
+      The process-wide :class:`Context`.
+    """
+    global _CONTEXT
+    with _LOCK:
+        if _CONTEXT is not None:
+            t = _CONTEXT.topology
+            if (t.m_ranks, t.m_local) != (m_ranks, m_local):
+                raise TopologyError(
+                    f"ba_dist.dist.init already called with m_ranks={t.m_ranks}, m_local={t.m_local}; "
+                    f"cannot re-initialise with m_ranks={m_ranks}, m_local={m_local} in the same process")
+            return _CONTEXT
+        from mpi4py import MPI
+        world = MPI.COMM_WORLD
+        rank, size = world.Get_rank(), world.Get_size()
+        validate_topology(size, m_ranks, m_local)  # before any collective
+
+        local = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+        local_rank, local_size = local.Get_rank(), local.Get_size()
+        local.Free()
+        topo = make_topology(rank, size, m_ranks, m_local, local_rank, local_size)
+        if abort_on_error:
+            _install_abort_hook(size)
+        if pin_gpu:
+            _pin_gpu(local_rank)
+
+        import horovod.tensorflow as hvd
+        # Groups are registered statically at init so every rank agrees on
+        # process-set ids. A group equal to the world is the global set.
+        group_sets = []
+        if 1 < m_ranks < size:
+            group_sets = [hvd.ProcessSet(list(g)) for g in topo.all_groups()]
+        hvd.init(comm=world, process_sets=group_sets or None)
+        if (hvd.rank(), hvd.size()) != (rank, size):
+            raise RuntimeError(f"Horovod sees rank {hvd.rank()}/{hvd.size()} but MPI sees {rank}/{size}")
+        if group_sets:
+            process_set = group_sets[topo.group_id]
+        elif m_ranks == size:
+            process_set = hvd.global_process_set
+        else:
+            process_set = None  # m_ranks == 1: a group of one needs no collective
+        group_comm = world.Split(color=topo.group_id, key=rank)
+        _CONTEXT = Context(topo, hvd, process_set, group_comm, world)
+        return _CONTEXT
+
+
+def context() -> Context:
+    """The context created by :func:`init`; raises if :func:`init` was not called."""
+    if _CONTEXT is None:
+        raise RuntimeError("ba_dist.dist.init() has not been called in this process")
+    return _CONTEXT
+

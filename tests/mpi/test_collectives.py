@@ -1,0 +1,75 @@
+"""Run by every rank at once under mpirun (launched from tests/test_multirank.py).
+
+Expected values are derived from rank and size, so the same file checks any
+world size and any m_ranks that divides it.
+"""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ba_dist import dist
+
+M_RANKS = int(os.environ.get("BA_DIST_TEST_M_RANKS", "1"))
+M_LOCAL = int(os.environ.get("BA_DIST_TEST_M_LOCAL", "1"))
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return dist.init(m_ranks=M_RANKS, m_local=M_LOCAL)
+
+
+def test_horovod_agrees_with_mpi(ctx):
+    hvd = ctx.hvd
+    assert hvd.size() == ctx.world_comm.Get_size() == int(os.environ["OMPI_COMM_WORLD_SIZE"])
+    assert hvd.rank() == ctx.world_comm.Get_rank() == int(os.environ["OMPI_COMM_WORLD_RANK"])
+    assert hvd.local_rank() == ctx.topology.local_rank
+
+
+def test_world_allreduce(ctx):
+    hvd, n, r = ctx.hvd, ctx.size, ctx.rank
+    total = hvd.allreduce(tf.constant([float(r), 1.0]), op=hvd.Sum).numpy()
+    np.testing.assert_array_equal(total, [n * (n - 1) / 2, n])
+    mean = hvd.allreduce(tf.constant(float(r)), op=hvd.Average).numpy()
+    assert mean == pytest.approx((n - 1) / 2)
+
+
+def test_group_arithmetic(ctx):
+    t = ctx.topology
+    assert t.num_groups * t.m_ranks == t.world_size
+    assert t.group_id * t.m_ranks + t.rank_in_group == t.rank
+    assert t.rank in t.group_ranks and t.reader_rank == t.group_ranks[0]
+    # every rank's view of the layout is identical: gather and compare
+    views = ctx.world_comm.allgather((t.rank, t.group_id, t.rank_in_group, t.num_groups))
+    assert [v[0] for v in views] == list(range(t.world_size))
+    assert all(v[1] == v[0] // M_RANKS and v[2] == v[0] % M_RANKS for v in views)
+    assert ctx.group_comm.Get_size() == M_RANKS
+    assert ctx.group_comm.Get_rank() == t.rank_in_group
+
+
+def test_broadcast_inside_group_process_set(ctx):
+    t, hvd = ctx.topology, ctx.hvd
+    if t.m_ranks == 1:
+        assert ctx.process_set is None
+        pytest.skip("groups of one rank have nothing to broadcast")
+    mine = tf.constant([100.0 * t.rank + 7.0, float(t.group_id)])
+    got = hvd.broadcast(mine, root_rank=t.reader_rank, process_set=ctx.process_set).numpy()
+    # the value comes from this group's reader, not from rank 0 of the world
+    np.testing.assert_array_equal(got, [100.0 * t.reader_rank + 7.0, t.group_id])
+    # the process set sums only over the group
+    s = hvd.allreduce(tf.constant(float(t.rank)), op=hvd.Sum, process_set=ctx.process_set).numpy()
+    assert s == sum(t.group_ranks)
+
+
+def test_group_subcommunicator_broadcast(ctx):
+    t = ctx.topology
+    buf = np.full(1000, t.rank, dtype=np.int64)
+    ctx.group_comm.Bcast(buf, root=0)
+    assert (buf == t.reader_rank).all()
+
+
+def test_init_is_idempotent_and_rejects_a_different_layout(ctx):
+    assert dist.init(m_ranks=M_RANKS, m_local=M_LOCAL) is ctx
+    with pytest.raises(dist.TopologyError, match="already called"):
+        dist.init(m_ranks=M_RANKS, m_local=M_LOCAL + 1)

@@ -1,0 +1,49 @@
+import pytest
+
+from ba_dist import dist
+
+
+@pytest.mark.parametrize("n,m_ranks,m_local", [(1, 1, 1), (4, 2, 2), (16, 4, 1), (40, 10, 1), (512, 4, 1), (8, 8, 3)])
+def test_topology_arithmetic(n, m_ranks, m_local):
+    seen = set()
+    for r in range(n):
+        t = dist.make_topology(r, n, m_ranks, m_local)
+        assert t.multiplicity == m_ranks * m_local
+        assert t.num_groups == n // m_ranks
+        assert t.group_ranks[t.rank_in_group] == r
+        assert t.is_reader == (r == t.reader_rank)
+        assert len(t.group_ranks) == m_ranks
+        seen.update((t.group_id, q) for q in t.group_ranks)
+    # groups are disjoint, consecutive and cover the world
+    assert sorted(q for _, q in seen) == list(range(n))
+    assert dist.make_topology(0, n, m_ranks, m_local).all_groups()[-1][-1] == n - 1
+
+
+@pytest.mark.parametrize("n,m_ranks,m_local,msg", [
+    (3, 2, 1, "world size 3 is not divisible by m_ranks=2"),
+    (4, 0, 1, "m_ranks must be >= 1"),
+    (4, -2, 1, "m_ranks must be >= 1"),
+    (4, 1, 0, "m_local must be >= 1"),
+    (4, 8, 1, "not divisible"),
+    (4, 2.0, 1, "must be an integer"),
+    (0, 1, 1, "world size must be >= 1"),
+])
+def test_impossible_topologies_raise(n, m_ranks, m_local, msg):
+    with pytest.raises(dist.TopologyError, match=msg):
+        dist.validate_topology(n, m_ranks, m_local)
+
+
+def test_rank_outside_world():
+    with pytest.raises(dist.TopologyError, match="outside world"):
+        dist.make_topology(4, 4)
+
+
+def test_single_process_is_rank_zero_of_one():
+    # Not under mpirun: MPI singleton, Horovod size 1, a group of one.
+    ctx = dist.init()
+    assert (ctx.rank, ctx.size) == (0, 1)
+    assert ctx.topology.is_chief and ctx.topology.is_reader
+    assert ctx.hvd.size() == 1 and ctx.process_set is ctx.hvd.global_process_set  # the group is the world
+    assert ctx.group_comm.Get_size() == 1
+    import tensorflow as tf
+    assert float(ctx.hvd.allreduce(tf.constant(3.0)).numpy()) == 3.0
