@@ -1,0 +1,112 @@
+"""Moving one step's unique samples from a group's reader to the other ranks.
+
+Two wire formats over the group's mpi4py sub-communicator (reader = rank 0):
+
+* ``decoded``: pixels of variable-size ``uint8 HxWxC`` images;
+* ``encoded``: the files' bytes, decoded by every rank itself.
+
+Each broadcast is two ``Bcast`` calls on flat numpy buffers (no pickling): a
+fixed-size int64 header (status, per-sample shape/length, label, id) and one
+contiguous payload. A status other than OK carries an error message instead of
+a payload, so a reader that hits a fatal error takes the group down with a
+message instead of leaving the other ranks waiting.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["GroupBroadcastError", "bcast_decoded", "bcast_encoded", "bcast_error"]
+
+_OK, _ERROR = 0, 1
+# header = [status, count, payload_bytes, then per sample: id, label, d0, d1, d2]
+_PER_SAMPLE = 5
+
+
+class GroupBroadcastError(RuntimeError):
+    """The group's reader reported a fatal error; the message is the reader's."""
+
+
+def _header_size(count: int) -> int:
+    return 3 + _PER_SAMPLE * count
+
+
+def _recv_header(comm, count: int) -> np.ndarray:
+    header = np.empty(_header_size(count), np.int64)
+    comm.Bcast(header, root=0)
+    if header[0] == _ERROR:
+        msg = np.empty(int(header[2]), np.uint8)
+        comm.Bcast(msg, root=0)
+        raise GroupBroadcastError(msg.tobytes().decode("utf-8", "replace"))
+    return header
+
+
+def bcast_error(comm, count: int, message: str) -> None:
+    """Reader only: tell the group that this step cannot be produced."""
+    data = np.frombuffer(message.encode("utf-8"), np.uint8)
+    header = np.zeros(_header_size(count), np.int64)
+    header[0], header[1], header[2] = _ERROR, count, len(data)
+    comm.Bcast(header, root=0)
+    comm.Bcast(np.ascontiguousarray(data), root=0)
+
+
+def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
+                  images: Optional[Sequence[np.ndarray]] = None):
+    """Broadcast ``count`` decoded images from the reader (group rank 0).
+
+    The reader passes ``ids``, ``labels`` and ``images``; the others pass only
+    ``count`` and receive ``(ids, labels, images)``.
+    """
+    if comm.Get_rank() == 0:
+        header = np.zeros(_header_size(count), np.int64)
+        per = header[3:].reshape(count, _PER_SAMPLE)
+        per[:, 0], per[:, 1] = ids, labels
+        for k, img in enumerate(images):
+            per[k, 2:2 + img.ndim] = img.shape
+        payload = np.concatenate([np.ascontiguousarray(img).reshape(-1) for img in images])
+        header[1], header[2] = count, payload.size
+        comm.Bcast(header, root=0)
+        comm.Bcast(payload, root=0)
+        return ids, labels, images
+    header = _recv_header(comm, count)
+    per = header[3:].reshape(count, _PER_SAMPLE)
+    payload = np.empty(int(header[2]), np.uint8)
+    comm.Bcast(payload, root=0)
+    out, offset = [], 0
+    for h, w, c in per[:, 2:]:
+        n = int(h * w * c)
+        out.append(payload[offset:offset + n].reshape(int(h), int(w), int(c)))
+        offset += n
+    return per[:, 0].copy(), per[:, 1].copy(), out
+
+
+def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
+                  payloads: Optional[Sequence[bytes]] = None):
+    """Broadcast ``count`` encoded payloads (file bytes) from the reader.
+
+    A payload of ``None`` on the reader means "could not be read"; it arrives
+    as ``None`` everywhere so every rank applies the same substitution.
+    """
+    if comm.Get_rank() == 0:
+        header = np.zeros(_header_size(count), np.int64)
+        per = header[3:].reshape(count, _PER_SAMPLE)
+        per[:, 0], per[:, 1] = ids, labels
+        per[:, 2] = [-1 if p is None else len(p) for p in payloads]
+        blob = b"".join(p for p in payloads if p is not None)
+        header[1], header[2] = count, len(blob)
+        comm.Bcast(header, root=0)
+        comm.Bcast(np.frombuffer(blob, np.uint8).copy() if blob else np.empty(0, np.uint8), root=0)
+        return ids, labels, list(payloads)
+    header = _recv_header(comm, count)
+    per = header[3:].reshape(count, _PER_SAMPLE)
+    blob = np.empty(int(header[2]), np.uint8)
+    comm.Bcast(blob, root=0)
+    raw, out, offset = blob.tobytes(), [], 0
+    for n in per[:, 2]:
+        if n < 0:
+            out.append(None)
+            continue
+        out.append(raw[offset:offset + int(n)])
+        offset += int(n)
+    return per[:, 0].copy(), per[:, 1].copy(), out
