@@ -1,0 +1,151 @@
+"""Atomic checkpoints: rank 0 writes, every rank restores through a broadcast.
+
+Layout under ``<workdir>/checkpoints/``::
+
+    ckpt-000000420/          one complete checkpoint (global step 420)
+        state.index          tf.train.Checkpoint of model + optimizer
+        state.data-00000-of-00001
+        meta.json            epoch, step in epoch, global step, metrics, layout
+    best.json                name of the checkpoint with the best val_top1
+
+A checkpoint is written into a hidden temporary directory and renamed into
+place only after ``meta.json`` (written last) is on disk, so a crash or a full
+disk during a write leaves the previous checkpoint untouched and loadable.
+Directories without ``meta.json`` are never considered complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import tensorflow as tf
+
+__all__ = ["CheckpointError", "CheckpointManager"]
+
+log = logging.getLogger(__name__)
+_PREFIX = "ckpt-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or restored; names the directory."""
+
+
+class CheckpointManager:
+    """Write, list, prune and restore checkpoints of one workdir.
+
+    Args:
+      directory: ``<workdir>/checkpoints``.
+      keep: number of most recent checkpoints kept (the best one is kept too).
+      is_writer: only rank 0 passes True; other ranks never touch the disk.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, is_writer: bool = True):
+        self.dir = Path(directory)
+        self.keep = keep
+        self.is_writer = is_writer
+        if is_writer:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    # -- listing --------------------------------------------------------------
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.iterdir()
+                 if p.is_dir() and p.name.startswith(_PREFIX) and (p / "meta.json").is_file()]
+        return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+    def latest(self) -> Optional[Path]:
+        done = self.complete()
+        return done[-1] if done else None
+
+    def best(self) -> Optional[Path]:
+        try:
+            name = json.loads((self.dir / "best.json").read_text())["name"]
+        except (OSError, ValueError, KeyError):
+            return None
+        p = self.dir / name
+        return p if (p / "meta.json").is_file() else None
+
+    # -- writing --------------------------------------------------------------
+    def save(self, checkpoint: tf.train.Checkpoint, meta: dict, metric: Optional[float] = None) -> Path:
+        """Write a checkpoint atomically (rank 0 only). Raises CheckpointError on failure."""
+        if not self.is_writer:
+            raise CheckpointError("only the writer rank saves checkpoints")
+        final = self.dir / f"{_PREFIX}{int(meta['global_step']):09d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.dir))
+        try:
+            checkpoint.write(str(tmp / "state"))
+            with open(tmp / "meta.json", "w") as f:
+                json.dump(meta, f, indent=1, sort_keys=True, default=float)
+                f.flush()
+                os.fsync(f.fileno())
+            if final.exists():  # same step saved twice (e.g. stop right after an epoch save)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"could not write checkpoint {final}: {e}; "
+                                  f"the previous checkpoint {self.latest()} is intact") from e
+        if metric is not None:
+            self._update_best(final, metric)
+        self._prune()
+        return final
+
+    def _update_best(self, path: Path, metric: float) -> None:
+        best = self.best()
+        if best is not None:
+            old = json.loads((best / "meta.json").read_text()).get("best_metric")
+            if old is not None and old >= metric:
+                return
+        meta_path = path / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["best_metric"] = metric
+        meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
+        tmp = self.dir / ".best.json.tmp"
+        tmp.write_text(json.dumps({"name": path.name, "metric": metric}))
+        os.replace(tmp, self.dir / "best.json")
+
+    def _prune(self) -> None:
+        done = self.complete()
+        best = self.best()
+        for p in done[:-self.keep]:
+            if best is None or p != best:
+                shutil.rmtree(p, ignore_errors=True)
+        for p in self.dir.glob(".tmp-*"):  # leftovers of a crashed writer
+            shutil.rmtree(p, ignore_errors=True)
+
+    # -- restoring --------------------------------------------------------------
+    def restore(self, checkpoint: tf.train.Checkpoint, path: Path) -> dict:
+        """Restore one checkpoint into ``checkpoint``; returns its meta. Raises CheckpointError."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            status = checkpoint.read(str(path / "state"))
+            status.assert_existing_objects_matched()
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} is damaged or does not match this model: "
+                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        return meta
+
+    def restore_latest(self, checkpoint: tf.train.Checkpoint, fallback: bool = True) -> Optional[dict]:
+        """Restore the newest loadable checkpoint (older ones if ``fallback``); None if there is none."""
+        errors = []
+        for path in reversed(self.complete()):
+            try:
+                meta = self.restore(checkpoint, path)
+                meta["path"] = str(path)
+                for e in errors:
+                    log.warning("skipped damaged checkpoint: %s", e)
+                return meta
+            except CheckpointError as e:
+                if not fallback:
+                    raise
+                errors.append(str(e))
+        if errors:
+            raise CheckpointError("no loadable checkpoint: " + " | ".join(errors))
+        return None

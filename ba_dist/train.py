@@ -1,0 +1,240 @@
+"""``ba-train``: train a model with Batch Augmentation under Horovod.
+
+    mpirun -np 2 ba-train --config configs/digits_smoke.py --workdir /tmp/run \\
+        [--config.ba.multiplicity=4 --config.train.epochs=20 ...]
+
+Phases of :func:`main`: config & layout (no TensorFlow yet, so a bad config or
+an impossible topology fails on every rank in about a second) -> distribution
+-> input pipeline -> model & optimizer -> restore -> fit -> final evaluation.
+Exit codes: 0 done, 1 error, 75 stopped early and checkpointed ("requeue me").
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ba_dist import config as config_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment config file (get_config()).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
+
+log = logging.getLogger("ba_dist")
+
+
+def _say(topo_rank: int, msg: str) -> None:
+    if topo_rank == 0:
+        print(f"[ba-train] {msg}", flush=True)
+
+
+def main(cfg, workdir: str) -> int:
+    # ---- 1. config and layout: pure checks, identical verdict on every rank
+    config_lib.validate(cfg)
+    from ba_dist import dist
+    rank, world = dist.world_rank_and_size()
+    lay = config_lib.layout(cfg, world)
+    dist.validate_topology(world, lay.m_ranks, lay.m_local)
+
+    # ---- 2. distribution
+    ctx = dist.init(m_ranks=lay.m_ranks, m_local=lay.m_local)
+    topo, hvd = ctx.topology, ctx.hvd
+    import tensorflow as tf
+    if cfg.train.deterministic:
+        tf.keras.utils.set_random_seed(cfg.seed)
+        tf.config.experimental.enable_op_determinism()
+    if cfg.train.mixed_precision:
+        tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    from ba_dist import callbacks as cb
+    from ba_dist import models, optim, trainer
+    from ba_dist.checkpoint import CheckpointManager
+    from ba_dist.data import pipeline, sources
+    from ba_dist.data.sampler import GroupSampler
+
+    wd = Path(workdir)
+    if topo.is_chief:
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "config.json").write_text(config_lib.to_json(cfg))
+    _say(rank, lay.describe())
+
+    # ---- 3. input pipeline
+    train_src = sources.get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
+    eval_src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
+    mean, std = {"none": (None, None), "cifar10": (pipeline.aug.CIFAR10_MEAN, pipeline.aug.CIFAR10_STD),
+                 "imagenet": (pipeline.aug.IMAGENET_MEAN, pipeline.aug.IMAGENET_STD)}[cfg.input.normalize]
+    spec = pipeline.PipelineSpec(
+        per_rank_unique=lay.per_rank_unique, m_local=lay.m_local,
+        augment=cfg.input.augment or train_src.default_augment,
+        eval_transform=cfg.input.eval_transform or eval_src.default_eval,
+        broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
+        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
+    sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
+    spe = sampler.steps_per_epoch
+    total_steps = cfg.train.epochs * spe
+    in_shape = pipeline.output_shape(spec.augment, train_src.load(0))
+    _say(rank, f"data: {train_src.name} train {len(train_src)} / eval {len(eval_src)} samples, "
+               f"{spe} steps per epoch x {cfg.train.epochs} epochs, augment '{spec.augment}', "
+               f"broadcast '{spec.broadcast}', input {in_shape}")
+
+    # ---- 4. model and optimizer
+    net = models.build_model(cfg.model.name, train_src.num_classes, in_shape, bn=cfg.model.bn,
+                             ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
+    scaling_batch = lay.unique_batch if cfg.optim.lr_scaling_batch == "unique" else lay.global_batch
+    base_lr = optim.scale_lr(cfg.optim.base_lr, scaling_batch, cfg.optim.lr_scaling, cfg.optim.reference_batch)
+    schedule = optim.make_schedule(cfg.optim.regime, base_lr, spe, **_schedule_kwargs(cfg))
+    opt = optim.make_optimizer(schedule, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    if cfg.train.mixed_precision:
+        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
+    compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
+    model = trainer.BATrainModel(net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
+                                 cfg.optim.label_smoothing, compression)
+    model.compile(optimizer=opt, jit_compile=bool(cfg.train.xla))
+    _say(rank, f"model {cfg.model.name}: {net.count_params():,} parameters, bn '{cfg.model.bn}', "
+               f"lr {base_lr:g} ({cfg.optim.regime}, scaling {cfg.optim.lr_scaling})")
+
+    # ---- 5. restore (rank 0 reads, everybody gets the state by broadcast)
+    inner_opt = opt.inner_optimizer if cfg.train.mixed_precision else opt
+    inner_opt._create_all_weights(net.trainable_variables)
+    ckpt = tf.train.Checkpoint(net=net, optimizer=opt)
+    manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
+    meta = None
+    if cfg.train.resume and topo.is_chief:
+        meta = manager.restore_latest(ckpt, fallback=True)
+    meta = ctx.world_comm.bcast(meta, root=0)
+    hvd.broadcast_variables(net.variables + opt.variables(), root_rank=0)
+    start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
+    if meta:
+        _say(rank, f"resumed from {meta['path']} at epoch {start_epoch} step {start_step}")
+
+    # ---- 6. fit, one call per stretch of whole Keras epochs
+    state = cb.TrainState(spe, lay.unique_batch, lay.global_batch)
+    state.epoch, state.step_in_epoch = start_epoch, start_step
+    last_saved = {"step": -1}
+
+    def save(logs, metric):
+        if state.global_step == last_saved["step"]:
+            return
+        last_saved["step"] = state.global_step
+        if topo.is_chief:
+            info = dict(state.position(), seed=cfg.seed, layout=lay.__dict__,
+                        metrics={k: float(v) for k, v in (logs or {}).items() if _is_number(v)})
+            path = manager.save(ckpt, info, metric)
+            _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
+
+    def evaluate():
+        ds, _ = pipeline.make_eval_dataset(eval_src, spec, topo.rank, topo.world_size,
+                                           cfg.input.eval_batch_size, eval_src.image_shape)
+        return trainer.evaluate_sharded(net, ds, hvd, eval_src.num_classes)
+
+    loaders = []
+
+    def run_fit(first_epoch: int, last_epoch: int, offset: int):
+        steps = (last_epoch - first_epoch) * spe - offset
+        loader = pipeline.GroupLoader(train_src, sampler, spec, topo, ctx.group_comm,
+                                      start_epoch=first_epoch, start_step=offset, num_steps=steps)
+        loaders.append(loader)
+        ds = pipeline.make_train_dataset(loader, spec, topo, train_src.num_classes, train_src.image_shape)
+        state.epoch_offset = offset
+        cbs = [cb._StateTracker(state),
+               hvd_keras_metric_average(),
+               cb.EvalCallback(state, evaluate, cfg.train.eval_every, cfg.train.epochs),
+               cb.ThroughputCallback(state)]
+        if topo.is_chief:
+            cbs.append(cb.MetricsLogger(wd, state, lambda: schedule(inner_opt.iterations),
+                                        lambda: sum(l.skipped for l in loaders)))
+        cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
+                cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
+        # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
+        model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
+                  callbacks=cbs, verbose=cfg.train.verbose if topo.is_chief else 0)
+
+    t0 = time.time()
+    if start_step and start_epoch < cfg.train.epochs:   # finish the interrupted epoch first
+        run_fit(start_epoch, start_epoch + 1, start_step)
+    if not state.stopped and state.epoch < cfg.train.epochs:
+        run_fit(state.epoch, cfg.train.epochs, 0)
+
+    # ---- 7. the end
+    if state.stopped and state.stop_reason != "max_steps":
+        _say(rank, f"stopped early ({state.stop_reason}) at epoch {state.epoch} step {state.step_in_epoch}; "
+                   f"checkpoint written, exit {cb.REQUEUE_EXIT_CODE} = requeue me")
+        return cb.REQUEUE_EXIT_CODE
+    if not state.last_eval or state.stop_reason == "max_steps":
+        state.last_eval = evaluate()
+    save(dict(state.last_eval), state.last_eval.get("val_top1"))
+    result = dict(state.last_eval, epochs=state.epoch, global_step=state.global_step,
+                  skipped_samples=sum(l.skipped for l in loaders), wall_time_sec=time.time() - t0)
+    if topo.is_chief:
+        (wd / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    _say(rank, f"done: validation top-1 {result['val_top1']:.2%}, top-5 {result['val_top5']:.2%}, "
+               f"loss {result['val_loss']:.4f} on {result['val_count']} samples after {state.global_step} steps "
+               f"({result['wall_time_sec']:.0f}s)")
+    return 0
+
+
+def hvd_keras_metric_average():
+    # Averages the epoch's train metrics over ranks (equal local batches, so exact).
+    import horovod.tensorflow.keras as hvd_keras
+    return hvd_keras.callbacks.MetricAverageCallback()
+
+
+def _schedule_kwargs(cfg) -> dict:
+    kw = {}
+    if cfg.optim.warmup_epochs:
+        kw["warmup_epochs"] = cfg.optim.warmup_epochs
+    if cfg.optim.regime == "cosine":
+        kw["total_epochs"] = cfg.train.epochs
+    return kw
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main(FLAGS.config, FLAGS.workdir)
+    except config_lib.ConfigError as e:
+        print(f"[ba-train] config error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code:
+        # Skip interpreter teardown: a loader thread may still sit in a group
+        # broadcast that will never complete once training has stopped.
+        os._exit(code)
+    return code
+
+
+def run():
+    """Console-script entry point."""
+    try:
+        app.run(_main)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if FLAGS.is_parsed():
+            raise
+        # ml_collections rejects an override of a key the config does not have
+        # (or of the wrong type) while absl parses the command line.
+        print(f"[ba-train] config error: bad --config override: {e} "
+              f"(keys must exist in the config; see configs/ and ba_dist/config.py)", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

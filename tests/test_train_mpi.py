@@ -1,0 +1,60 @@
+"""ba-train end to end under real mpirun: README's main job and launch-time failures."""
+import json
+import time
+
+import pytest
+
+from launcher import PYTHON, REPO, mpirun, run, rank_env
+
+BA_TRAIN = [PYTHON, "-m", "ba_dist.train"]
+SMOKE = ["--config", str(REPO / "configs/digits_smoke.py")]
+
+
+def test_readme_main_job_reaches_95_percent(tmp_path):
+    """2 ranks, M = 4 (2 ranks x 2 copies) on the digits: the quick start's promise."""
+    res = mpirun(2, BA_TRAIN + SMOKE + ["--workdir", str(tmp_path)], timeout=600)
+    assert res.returncode == 0, res.stdout[-6000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["val_top1"] >= 0.95, result
+    assert result["val_count"] == 359  # the whole validation split, each sample once
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 16))  # one row per epoch: only rank 0 writes
+    for key in ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                "images_per_sec", "unique_images_seen", "grad_norm"):
+        assert rows[-1][key] is not None, key
+    assert rows[-1]["unique_images_seen"] == 15 * 22 * 64        # epochs x steps x B unique
+    assert rows[0]["train_loss"] > rows[-1]["train_loss"]
+    assert "B 64 unique x M 4 = 256 per step" in res.stdout
+    assert "done: validation top-1" in res.stdout
+    assert (tmp_path / "config.json").is_file() and list((tmp_path / "tensorboard").iterdir())
+
+
+def test_world_not_divisible_by_m_ranks_exits_fast():
+    t0 = time.monotonic()
+    res = mpirun(3, BA_TRAIN + SMOKE + ["--workdir", "/tmp/never-used"], timeout=120)
+    assert res.returncode != 0
+    assert "world size 3 is not divisible by ba.m_ranks=2" in res.stdout
+    assert time.monotonic() - t0 < 60
+
+
+def test_single_process_without_mpirun(tmp_path):
+    res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path), "--config.ba.m_ranks=1",
+                                  "--config.train.max_steps=10", "--config.train.epochs=2"],
+              timeout=300, env=rank_env())
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "1 ranks x 256 per rank (4 copies x 64 unique)" in res.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["global_step"] == 10
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("--config.model.name=resnet9000", "model.name='resnet9000': unknown"),
+    ("--config.input.dataset=mnist_from_mars", "input.dataset='mnist_from_mars': unknown"),
+    ("--config.optim.base_lr=-0.1", "optim.base_lr=-0.1: must be >= 0"),
+    ("--config.ba.multiplicity=3", "ba.multiplicity=3 is not divisible by ba.m_ranks=2"),
+    ("--config.optim.learning_rate=0.1", "learning_rate"),  # unknown key: ml_collections refuses it
+])
+def test_bad_config_is_a_clear_error(override, msg, tmp_path):
+    res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path), override], timeout=120, env=rank_env())
+    assert res.returncode != 0
+    assert msg in res.stdout, res.stdout[-3000:]
