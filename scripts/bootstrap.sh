@@ -69,8 +69,10 @@ say "installing ba_dist[$EXTRA,test] with requirements/constraints.txt"
 
 # --- 5. Horovod, compiled against this TensorFlow and MPI; wheel cached.
 hvd_ok() {
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] TensorFlow' &&
-  "$VENV/bin/horovodrun" --check-build 2>/dev/null | grep -q '\[X\] MPI'
+  # capture first: 'cmd | grep -q' under pipefail fails when grep exits early (SIGPIPE)
+  local out
+  out="$(TF_CPP_MIN_LOG_LEVEL=3 "$VENV/bin/horovodrun" --check-build 2>/dev/null)" || return 1
+  grep -q '\[X\] TensorFlow' <<<"$out" && grep -q '\[X\] MPI' <<<"$out"
 }
 if ! hvd_ok; then
   TFVER="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("tensorflow-cpu") if "'$EXTRA'" == "cpu" else m.version("tensorflow"))')"
