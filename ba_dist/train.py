@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ def main(cfg, workdir: str) -> int:
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     from ba_dist import callbacks as cb
-    from ba_dist import models, optim, trainer
+    from ba_dist import optim, trainer
     from ba_dist.checkpoint import CheckpointManager
     from ba_dist.data import pipeline, sources
     from ba_dist.data.sampler import GroupSampler
@@ -67,25 +66,16 @@ def main(cfg, workdir: str) -> int:
     # ---- 3. input pipeline
     train_src = sources.get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
     eval_src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
-    mean, std = {"none": (None, None), "cifar10": (pipeline.aug.CIFAR10_MEAN, pipeline.aug.CIFAR10_STD),
-                 "imagenet": (pipeline.aug.IMAGENET_MEAN, pipeline.aug.IMAGENET_STD)}[cfg.input.normalize]
-    spec = pipeline.PipelineSpec(
-        per_rank_unique=lay.per_rank_unique, m_local=lay.m_local,
-        augment=cfg.input.augment or train_src.default_augment,
-        eval_transform=cfg.input.eval_transform or eval_src.default_eval,
-        broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
-        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
+    spec = make_spec(cfg, lay, train_src)
     sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
     spe = sampler.steps_per_epoch
     total_steps = cfg.train.epochs * spe
-    in_shape = pipeline.output_shape(spec.augment, train_src.load(0))
+    net, in_shape = build_net(cfg, train_src, spec)
     _say(rank, f"data: {train_src.name} train {len(train_src)} / eval {len(eval_src)} samples, "
                f"{spe} steps per epoch x {cfg.train.epochs} epochs, augment '{spec.augment}', "
                f"broadcast '{spec.broadcast}', input {in_shape}")
 
     # ---- 4. model and optimizer
-    net = models.build_model(cfg.model.name, train_src.num_classes, in_shape, bn=cfg.model.bn,
-                             ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
     scaling_batch = lay.unique_batch if cfg.optim.lr_scaling_batch == "unique" else lay.global_batch
     base_lr = optim.scale_lr(cfg.optim.base_lr, scaling_batch, cfg.optim.lr_scaling, cfg.optim.reference_batch)
     schedule = optim.make_schedule(cfg.optim.regime, base_lr, spe, **_schedule_kwargs(cfg))
@@ -152,8 +142,15 @@ def main(cfg, workdir: str) -> int:
         cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
                 cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
         # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
-        model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
-                  callbacks=cbs, verbose=cfg.train.verbose if topo.is_chief else 0)
+        try:
+            model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
+                      callbacks=cbs, verbose=cfg.train.verbose if topo.is_chief else 0)
+        except BaseException:
+            loader.stop(timeout=5)  # the error may be on this rank only: do not wait long
+            raise
+        # every rank leaves fit at the same step; end the group's broadcasts together
+        if not loader.stop():
+            log.warning("input loader thread did not stop within 60 s")
 
     t0 = time.time()
     if start_step and start_epoch < cfg.train.epochs:   # finish the interrupted epoch first
@@ -179,6 +176,29 @@ def main(cfg, workdir: str) -> int:
     return 0
 
 
+def make_spec(cfg, lay, train_src):
+    """The input pipeline's :class:`PipelineSpec` from the config and the batch layout."""
+    from ba_dist.data import augment, pipeline
+    mean, std = {"none": (None, None), "cifar10": (augment.CIFAR10_MEAN, augment.CIFAR10_STD),
+                 "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD)}[cfg.input.normalize]
+    return pipeline.PipelineSpec(
+        per_rank_unique=lay.per_rank_unique, m_local=lay.m_local,
+        augment=cfg.input.augment or train_src.default_augment,
+        eval_transform=cfg.input.eval_transform or train_src.default_eval,
+        broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
+        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
+
+
+def build_net(cfg, train_src, spec):
+    """The network for the config; its input shape is what the augmentation outputs."""
+    from ba_dist import models
+    from ba_dist.data import pipeline
+    in_shape = pipeline.output_shape(spec.augment, train_src.load(0))
+    net = models.build_model(cfg.model.name, train_src.num_classes, in_shape, bn=cfg.model.bn,
+                             ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
+    return net, in_shape
+
+
 def hvd_keras_metric_average():
     # Averages the epoch's train metrics over ranks (equal local batches, so exact).
     import horovod.tensorflow.keras as hvd_keras
@@ -191,6 +211,8 @@ def _schedule_kwargs(cfg) -> dict:
         kw["warmup_epochs"] = cfg.optim.warmup_epochs
     if cfg.optim.regime == "cosine":
         kw["total_epochs"] = cfg.train.epochs
+    if cfg.optim.regime_scale != 1:
+        kw["epoch_scale"] = cfg.optim.regime_scale
     return kw
 
 
@@ -215,10 +237,6 @@ def _main(argv):
         code = 2
     sys.stdout.flush()
     sys.stderr.flush()
-    if code:
-        # Skip interpreter teardown: a loader thread may still sit in a group
-        # broadcast that will never complete once training has stopped.
-        os._exit(code)
     return code
 
 

@@ -17,15 +17,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["GroupBroadcastError", "bcast_decoded", "bcast_encoded", "bcast_error"]
+__all__ = ["GroupBroadcastError", "GroupEnd", "bcast_decoded", "bcast_encoded", "bcast_error", "bcast_end", "recv_end"]
 
-_OK, _ERROR = 0, 1
+_OK, _ERROR, _END = 0, 1, 2
 # header = [status, count, payload_bytes, then per sample: id, label, d0, d1, d2]
 _PER_SAMPLE = 5
 
 
 class GroupBroadcastError(RuntimeError):
     """The group's reader reported a fatal error; the message is the reader's."""
+
+
+class GroupEnd(Exception):
+    """The group's reader has no more steps (end of data or stop)."""
 
 
 def _header_size(count: int) -> int:
@@ -35,6 +39,8 @@ def _header_size(count: int) -> int:
 def _recv_header(comm, count: int) -> np.ndarray:
     header = np.empty(_header_size(count), np.int64)
     comm.Bcast(header, root=0)
+    if header[0] == _END:
+        raise GroupEnd()
     if header[0] == _ERROR:
         msg = np.empty(int(header[2]), np.uint8)
         comm.Bcast(msg, root=0)
@@ -49,6 +55,22 @@ def bcast_error(comm, count: int, message: str) -> None:
     header[0], header[1], header[2] = _ERROR, count, len(data)
     comm.Bcast(header, root=0)
     comm.Bcast(np.ascontiguousarray(data), root=0)
+
+
+def bcast_end(comm, count: int) -> None:
+    """Reader only: there are no more steps; receivers raise :class:`GroupEnd`."""
+    header = np.zeros(_header_size(count), np.int64)
+    header[0] = _END
+    comm.Bcast(header, root=0)
+
+
+def recv_end(comm, count: int) -> None:
+    """Non-reader: consume the reader's end marker after the last step."""
+    try:
+        _recv_header(comm, count)
+    except GroupEnd:
+        return
+    raise RuntimeError("group broadcast out of step: expected the reader's end marker, got data")
 
 
 def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,

@@ -165,6 +165,7 @@ class GroupLoader:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
 
     # -- reading ------------------------------------------------------------
     def _read(self, i: int):
@@ -208,6 +209,7 @@ class GroupLoader:
         return ids, labels, items
 
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
+        """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
         labels = np.array([self.source.label(int(i)) for i in ids], np.int64)
         mode = self.spec.broadcast if self.comm is not None else "none"
         count = len(ids)
@@ -237,20 +239,44 @@ class GroupLoader:
             return ids, labels, items
         return self._substitute(ids, labels, items, epoch, step)
 
+    def _positions(self):
+        """(epoch, step, ids) of every step this loader produces, in order."""
+        epoch, step, produced = self.start_epoch, self.start_step, 0
+        while self.num_steps is None or produced < self.num_steps:
+            ids_epoch = self.sampler.epoch_ids(epoch, self.topo.group_id)
+            while step < len(ids_epoch) and (self.num_steps is None or produced < self.num_steps):
+                yield epoch, step, ids_epoch[step]
+                step += 1
+                produced += 1
+            epoch, step = epoch + 1, 0
+
+    def _put(self, item) -> None:
+        # After stop() nobody consumes: keep taking part in the group's
+        # broadcasts (so the reader is never left inside one) but drop the data.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def _run(self):
+        broadcasting = self.comm is not None and self.spec.broadcast != "none"
         try:
-            epoch, step, produced = self.start_epoch, self.start_step, 0
-            while self.num_steps is None or produced < self.num_steps:
-                ids_epoch = self.sampler.epoch_ids(epoch, self.topo.group_id)
-                while step < len(ids_epoch) and (self.num_steps is None or produced < self.num_steps):
-                    ids, labels, items = self._produce_step(epoch, step, ids_epoch[step])
-                    self._queue.put((epoch, step, ids, labels, items))
-                    step += 1
-                    produced += 1
-                epoch, step = epoch + 1, 0
-            self._queue.put(None)
+            for epoch, step, ids in self._positions():
+                if self._stop.is_set() and (self.topo.is_reader or not broadcasting):
+                    break
+                ids, labels, items = self._produce_step(epoch, step, ids)
+                self._put((epoch, step, ids, labels, items))
+            if broadcasting and self.topo.is_reader:
+                broadcast.bcast_end(self.comm, self.spec.per_rank_unique)
+            elif broadcasting:
+                broadcast.recv_end(self.comm, self.spec.per_rank_unique)
+            self._put(None)
+        except broadcast.GroupEnd:
+            self._put(None)  # the reader stopped (stop() was called on every rank)
         except BaseException as e:  # delivered to the consumer, which raises it in the main thread
-            self._queue.put(e)
+            self._put(e)
 
     def __iter__(self) -> Iterator:
         if self._thread is None:
@@ -263,6 +289,19 @@ class GroupLoader:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop producing at a step boundary; call on every rank of the group.
+
+        The reader sends an end marker; the other ranks keep receiving (and
+        dropping) until they get it, so no rank is left inside a broadcast.
+        Returns True if the background thread finished within ``timeout``.
+        """
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     @property
     def finished(self) -> bool:
