@@ -22,11 +22,13 @@ the broadcast overlaps compute; tf.data then augments in parallel.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import logging
 import queue
 import threading
+import weakref
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -166,6 +168,12 @@ class GroupLoader:
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        global _ATEXIT_REGISTERED
+        if not _ATEXIT_REGISTERED:
+            # registered after mpi4py's own exit hook, so it runs before MPI_Finalize
+            atexit.register(_stop_live_loaders)
+            _ATEXIT_REGISTERED = True
+        _LIVE_LOADERS.add(self)
 
     # -- reading ------------------------------------------------------------
     def _read(self, i: int):
@@ -312,6 +320,17 @@ def output_shape(augment: str, example: np.ndarray) -> tuple:
     """Shape of one augmented example (what the model's input layer must accept)."""
     out = aug.get_augment(augment)(tf.constant(example), tf.zeros([2], tf.int64))
     return tuple(int(d) for d in out.shape)
+
+
+_LIVE_LOADERS: "weakref.WeakSet[GroupLoader]" = weakref.WeakSet()
+_ATEXIT_REGISTERED = False
+
+
+def _stop_live_loaders() -> None:
+    # A loader thread still polling its queue while the interpreter shuts
+    # down can crash the process (exit by SIGSEGV instead of the real code).
+    for loader in list(_LIVE_LOADERS):
+        loader.stop(timeout=5)
 
 
 def _normalize(x, spec: PipelineSpec):

@@ -76,7 +76,9 @@ def test_broadcast_modes_deliver_what_the_reader_decoded(ctx, mode):
             np.testing.assert_array_equal(img, src.load(int(i)))  # bit-exact pixels
             assert y == src.label(int(i))
     # all three modes give the same ids on every rank of the group
-    first = _gather(ctx, next(iter(_loader(ctx, src, mode=mode)[0]))[2])
+    partial = _loader(ctx, src, mode=mode)[0]
+    first = _gather(ctx, next(iter(partial))[2])
+    assert partial.stop(timeout=30)  # abandoning a loader mid-epoch ends cleanly on every rank
     t = ctx.topology
     assert all(np.array_equal(first[r], first[t.reader_rank]) for r in t.group_ranks)
 
@@ -86,6 +88,7 @@ def _first_batch(ctx, seed=3):
     loader, _, spec = _loader(ctx, src, seed=seed)
     ds = pipeline.make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)
     x, y = next(iter(ds))
+    assert loader.stop(timeout=30)
     return x.numpy(), y.numpy()
 
 
