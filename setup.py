@@ -38,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ba-train=ba_dist.train:run",
+            "ba-make-tfrecords=ba_dist.data.make_tfrecords:main",
         ],
     },
 )

@@ -190,7 +190,7 @@ register_source("digits", DigitsSource)
 register_source("synthetic", SyntheticSource)
 
 
-def get_source(name: str, split: str = "train", **kwargs) -> Source:
+def get_source(name: str, /, split: str = "train", **kwargs) -> Source:
     """Build a registered source by name.
 
     Raises:

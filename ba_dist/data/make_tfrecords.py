@@ -1,0 +1,176 @@
+"""Write an image folder as ImageNet-style TFRecord shards.
+
+    python -m ba_dist.data.make_tfrecords --src /data/imagenet --out /data/imagenet-tfr \\
+        --split train --num-shards 1024 [--label-offset 0] [--workers 8] [--strict]
+
+``--src`` holds ``<split>/<class>/*.jpg`` (or the class folders directly).
+Writes ``OUT/<split>-00000-of-01024`` ... with the features of the TF-models
+ImageNet build script: ``image/encoded``, ``image/format``, ``image/height``,
+``image/width``, ``image/colorspace``, ``image/channels``, ``image/filename``,
+``image/class/label``, ``image/class/synset`` and ``image/class/text`` (both the
+class folder name). JPEG bytes are stored as-is, so they decode to the same
+pixels as from the folder; PNGs are decoded and re-encoded as JPEG (quality 100
+as in that script, but without chroma subsampling), so their pixels change
+slightly. Every image is decoded once to check it: bad files are reported and
+skipped, or stop the run with ``--strict``.
+
+Labels are the sorted class-folder index plus ``--label-offset`` (``1`` gives the
+TF-models 1..1000 convention; read those shards with ``label_offset=-1``).
+Samples are shuffled with a fixed seed and dealt round-robin to the shards.
+Each shard is written to a temporary name and renamed when complete.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import multiprocessing
+import os
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ba_dist.data.files import _SPLIT_ALIASES, ImageFolderSource, decode_image_bytes, sniff_format
+from ba_dist.data.sources import CorruptSampleError
+
+__all__ = ["ShardSummary", "write_shards", "main"]
+
+
+@dataclasses.dataclass
+class ShardSummary:
+    """What :func:`write_shards` did."""
+    shards: list[str]
+    written: int
+    skipped: list[str]  # "path: reason" per bad input file
+    per_shard: list[int]
+    seconds: float
+
+
+def _feature(value) -> tf.train.Feature:
+    if isinstance(value, bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def _example(source: ImageFolderSource, index: int, label_offset: int) -> bytes:
+    """Serialized Example for one file; raises CorruptSampleError for a bad file."""
+    path = source.describe(index)
+    payload = source.read(index)
+    image = decode_image_bytes(payload, path)
+    if sniff_format(payload) != "JPEG":
+        payload = tf.io.encode_jpeg(image, format="rgb", quality=100, chroma_downsampling=False).numpy()
+    class_name = source.class_names[source.label(index)].encode()
+    features = {
+        "image/height": _feature(image.shape[0]),
+        "image/width": _feature(image.shape[1]),
+        "image/colorspace": _feature(b"RGB"),
+        "image/channels": _feature(3),
+        "image/class/label": _feature(source.label(index) + label_offset),
+        "image/class/synset": _feature(class_name),
+        "image/class/text": _feature(class_name),
+        "image/format": _feature(b"JPEG"),
+        "image/filename": _feature(os.path.basename(path).encode()),
+        "image/encoded": _feature(payload),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def _write_one(args) -> tuple[str, int, list[str], Optional[tuple[str, str]]]:
+    source, indices, path, label_offset, strict = args
+    # Hidden temporary name: a crashed run leaves nothing that matches "<split>-*-of-*".
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    written, skipped = 0, []
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for i in indices:
+            try:
+                writer.write(_example(source, int(i), label_offset))
+                written += 1
+            except CorruptSampleError as e:
+                if strict:  # returned, not raised: the exception does not pickle back from a worker
+                    writer.close()
+                    os.remove(tmp)
+                    return path, written, skipped, (e.where, e.reason)
+                skipped.append(str(e))
+    os.replace(tmp, path)
+    return path, written, skipped, None
+
+
+def write_shards(src: str, out_dir: str, split: str = "train", num_shards: int = 1, label_offset: int = 0,
+                 seed: int = 0, strict: bool = False, workers: int = 1,
+                 log: Optional[Callable[[str], None]] = print) -> ShardSummary:
+    """Writes ``out_dir/<split>-%05d-of-%05d`` shards from an image folder.
+
+    Args:
+      src: folder with ``<split>/<class>/`` (``val`` for ``validation`` also
+        works) or the class folders directly.
+      workers: processes writing shards in parallel (spawned, one shard each).
+      log: progress sink, e.g. ``print``; None for silence.
+
+    Raises:
+      DataSourceError: unusable ``src``. CorruptSampleError: a bad file with ``strict``.
+    """
+    if num_shards < 1 or workers < 1:
+        raise ValueError(f"num_shards and workers must be >= 1, got {num_shards}, {workers}")
+    start = time.time()
+    has_split = any(os.path.isdir(os.path.join(src, n)) for n in _SPLIT_ALIASES.get(split, (split,)))
+    source = ImageFolderSource(src, split if has_split else None)
+    # A fixed-seed shuffle dealt round-robin: shard sizes differ by at most one
+    # and every shard mixes all classes.
+    order = np.random.default_rng(seed).permutation(len(source))
+    os.makedirs(out_dir, exist_ok=True)
+    jobs = [(source, order[k::num_shards], os.path.join(out_dir, f"{split}-{k:05d}-of-{num_shards:05d}"),
+             label_offset, strict) for k in range(num_shards)]
+    log = log or (lambda _: None)
+    log(f"{source.root}: {len(source)} images, {source.num_classes} classes -> {num_shards} shards in {out_dir}")
+    shards, per_shard, skipped = [], [], []
+    if workers == 1:
+        results = map(_write_one, jobs)
+        pool = None
+    else:  # spawn, not fork: TensorFlow's runtime does not survive a fork
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        results = pool.imap(_write_one, jobs)
+    try:
+        for path, written, bad, fatal in results:
+            if fatal:
+                raise CorruptSampleError(*fatal)
+            shards.append(path)
+            per_shard.append(written)
+            skipped += bad
+            for line in bad:
+                log(f"  skipped {line}")
+            log(f"[{len(shards)}/{num_shards}] {os.path.basename(path)}: {written} images "
+                f"({sum(per_shard)}/{len(source)}, {time.time() - start:.0f}s)")
+    finally:
+        if pool is not None:
+            pool.terminate()
+    summary = ShardSummary(shards, sum(per_shard), skipped, per_shard, time.time() - start)
+    log(f"done: {summary.written} images written, {len(skipped)} skipped, {num_shards} shards, "
+        f"{summary.seconds:.1f}s")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ba_dist.data.make_tfrecords",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", required=True, help="image folder: <split>/<class>/*.jpg or <class>/*.jpg")
+    parser.add_argument("--out", required=True, help="output directory for the shards")
+    parser.add_argument("--split", default="train", help="split name, also the shard prefix")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--label-offset", type=int, default=0, help="added to the class index (1 = TF models)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle before sharding")
+    parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
+    args = parser.parse_args(argv)
+    try:
+        write_shards(args.src, args.out, args.split, args.num_shards, args.label_offset, args.seed,
+                     args.strict, args.workers)
+    except (ValueError, CorruptSampleError) as e:  # DataSourceError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
