@@ -94,10 +94,10 @@ class EvalCallback(tf.keras.callbacks.Callback):
 class ThroughputCallback(tf.keras.callbacks.Callback):
     """Images per second over the epoch, both augmented copies and unique samples."""
 
-    def __init__(self, state: TrainState):
+    def __init__(self, state: TrainState, skipped_fn: Callable[[], int] = lambda: 0):
         super().__init__()
         self.state = state
-        self.unique_seen = 0
+        self.skipped_fn = skipped_fn  # collective: called on every rank
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.s0 = time.perf_counter(), self.state.step_in_epoch
@@ -110,6 +110,9 @@ class ThroughputCallback(tf.keras.callbacks.Callback):
             logs["unique_images_per_sec"] = steps * self.state.unique_batch / dt
             logs["unique_images_seen"] = self.state.global_step * self.state.unique_batch
             logs["epoch_time_sec"] = dt
+        skipped = self.skipped_fn()
+        if logs is not None:
+            logs["skipped_samples"] = skipped
 
 
 class MetricsLogger(tf.keras.callbacks.Callback):
@@ -119,18 +122,16 @@ class MetricsLogger(tf.keras.callbacks.Callback):
               "images_per_sec", "unique_images_per_sec", "unique_images_seen", "grad_norm",
               "skipped_samples", "epoch_time_sec")
 
-    def __init__(self, workdir: Path, state: TrainState, lr_fn: Callable[[], float],
-                 skipped_fn: Callable[[], int] = lambda: 0):
+    def __init__(self, workdir: Path, state: TrainState, lr_fn: Callable[[], float]):
         super().__init__()
-        self.workdir, self.state, self.lr_fn, self.skipped_fn = Path(workdir), state, lr_fn, skipped_fn
+        self.workdir, self.state, self.lr_fn = Path(workdir), state, lr_fn
         self.writer = tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": epoch + (0 if self.state.step_in_epoch == 0 else self.state.step_in_epoch / self.state.steps_per_epoch),
                "step": self.state.global_step, "lr": float(self.lr_fn()),
-               "train_loss": logs.get("loss"), "train_top1": logs.get("top1"),
-               "skipped_samples": int(self.skipped_fn())}
+               "train_loss": logs.get("loss"), "train_top1": logs.get("top1")}
         if self.state.step_in_epoch == 0:
             row["epoch"] = epoch + 1  # epochs completed
         for k in self.FIELDS:

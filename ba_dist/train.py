@@ -125,6 +125,11 @@ def main(cfg, workdir: str) -> int:
 
     loaders = []
 
+    def skipped_total() -> int:
+        # corrupt samples replaced so far, counted once per group (by its reader), summed over groups
+        local = sum(l.skipped for l in loaders) if topo.is_reader else 0
+        return int(hvd.allreduce(tf.constant(local, tf.float64), op=hvd.Sum, name="ba_skipped").numpy())
+
     def run_fit(first_epoch: int, last_epoch: int, offset: int):
         steps = (last_epoch - first_epoch) * spe - offset
         loader = pipeline.GroupLoader(train_src, sampler, spec, topo, ctx.group_comm,
@@ -135,10 +140,9 @@ def main(cfg, workdir: str) -> int:
         cbs = [cb._StateTracker(state),
                hvd_keras_metric_average(),
                cb.EvalCallback(state, evaluate, cfg.train.eval_every, cfg.train.epochs),
-               cb.ThroughputCallback(state)]
+               cb.ThroughputCallback(state, skipped_total)]
         if topo.is_chief:
-            cbs.append(cb.MetricsLogger(wd, state, lambda: schedule(inner_opt.iterations),
-                                        lambda: sum(l.skipped for l in loaders)))
+            cbs.append(cb.MetricsLogger(wd, state, lambda: schedule(inner_opt.iterations)))
         cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
                 cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
         # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
@@ -167,7 +171,7 @@ def main(cfg, workdir: str) -> int:
         state.last_eval = evaluate()
     save(dict(state.last_eval), state.last_eval.get("val_top1"))
     result = dict(state.last_eval, epochs=state.epoch, global_step=state.global_step,
-                  skipped_samples=sum(l.skipped for l in loaders), wall_time_sec=time.time() - t0)
+                  skipped_samples=skipped_total(), wall_time_sec=time.time() - t0)
     if topo.is_chief:
         (wd / "result.json").write_text(json.dumps(result, indent=1, default=float))
     _say(rank, f"done: validation top-1 {result['val_top1']:.2%}, top-5 {result['val_top5']:.2%}, "

@@ -20,8 +20,9 @@ import numpy as np
 __all__ = ["GroupBroadcastError", "GroupEnd", "bcast_decoded", "bcast_encoded", "bcast_error", "bcast_end", "recv_end"]
 
 _OK, _ERROR, _END = 0, 1, 2
-# header = [status, count, payload_bytes, then per sample: id, label, d0, d1, d2]
+# header = [status, count, payload_bytes, substituted, then per sample: id, label, d0, d1, d2]
 _PER_SAMPLE = 5
+_FIXED = 4
 
 
 class GroupBroadcastError(RuntimeError):
@@ -33,7 +34,7 @@ class GroupEnd(Exception):
 
 
 def _header_size(count: int) -> int:
-    return 3 + _PER_SAMPLE * count
+    return _FIXED + _PER_SAMPLE * count
 
 
 def _recv_header(comm, count: int) -> np.ndarray:
@@ -74,25 +75,26 @@ def recv_end(comm, count: int) -> None:
 
 
 def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
-                  images: Optional[Sequence[np.ndarray]] = None):
+                  images: Optional[Sequence[np.ndarray]] = None, substituted: int = 0):
     """Broadcast ``count`` decoded images from the reader (group rank 0).
 
-    The reader passes ``ids``, ``labels`` and ``images``; the others pass only
-    ``count`` and receive ``(ids, labels, images)``.
+    The reader passes ``ids``, ``labels``, ``images`` and how many corrupt
+    samples it ``substituted``; the others pass only ``count`` and receive
+    ``(ids, labels, images, substituted)``.
     """
     if comm.Get_rank() == 0:
         header = np.zeros(_header_size(count), np.int64)
-        per = header[3:].reshape(count, _PER_SAMPLE)
+        per = header[_FIXED:].reshape(count, _PER_SAMPLE)
         per[:, 0], per[:, 1] = ids, labels
         for k, img in enumerate(images):
             per[k, 2:2 + img.ndim] = img.shape
         payload = np.concatenate([np.ascontiguousarray(img).reshape(-1) for img in images])
-        header[1], header[2] = count, payload.size
+        header[1], header[2], header[3] = count, payload.size, substituted
         comm.Bcast(header, root=0)
         comm.Bcast(payload, root=0)
-        return ids, labels, images
+        return ids, labels, images, substituted
     header = _recv_header(comm, count)
-    per = header[3:].reshape(count, _PER_SAMPLE)
+    per = header[_FIXED:].reshape(count, _PER_SAMPLE)
     payload = np.empty(int(header[2]), np.uint8)
     comm.Bcast(payload, root=0)
     out, offset = [], 0
@@ -100,7 +102,7 @@ def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
         n = int(h * w * c)
         out.append(payload[offset:offset + n].reshape(int(h), int(w), int(c)))
         offset += n
-    return per[:, 0].copy(), per[:, 1].copy(), out
+    return per[:, 0].copy(), per[:, 1].copy(), out, int(header[3])
 
 
 def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
@@ -112,7 +114,7 @@ def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
     """
     if comm.Get_rank() == 0:
         header = np.zeros(_header_size(count), np.int64)
-        per = header[3:].reshape(count, _PER_SAMPLE)
+        per = header[_FIXED:].reshape(count, _PER_SAMPLE)
         per[:, 0], per[:, 1] = ids, labels
         per[:, 2] = [-1 if p is None else len(p) for p in payloads]
         blob = b"".join(p for p in payloads if p is not None)
@@ -121,7 +123,7 @@ def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
         comm.Bcast(np.frombuffer(blob, np.uint8).copy() if blob else np.empty(0, np.uint8), root=0)
         return ids, labels, list(payloads)
     header = _recv_header(comm, count)
-    per = header[3:].reshape(count, _PER_SAMPLE)
+    per = header[_FIXED:].reshape(count, _PER_SAMPLE)
     blob = np.empty(int(header[2]), np.uint8)
     comm.Bcast(blob, root=0)
     raw, out, offset = blob.tobytes(), [], 0

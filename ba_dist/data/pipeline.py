@@ -233,17 +233,19 @@ class GroupLoader:
             items = list(self._pool.map(self._decode, payloads, ids))
         if mode == "decoded":
             if self.topo.is_reader:
+                before = self.skipped
                 try:
                     ids, labels, items = self._substitute(ids, labels, items, epoch, step)
                 except DataError as e:
                     broadcast.bcast_error(self.comm, count, str(e))
                     raise
-                broadcast.bcast_decoded(self.comm, count, ids, labels, items)
+                broadcast.bcast_decoded(self.comm, count, ids, labels, items, self.skipped - before)
             else:
                 try:
-                    ids, labels, items = broadcast.bcast_decoded(self.comm, count)
+                    ids, labels, items, substituted = broadcast.bcast_decoded(self.comm, count)
                 except broadcast.GroupBroadcastError as e:
                     raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
+                self.skipped += substituted  # every rank of the group reports the same count
             return ids, labels, items
         return self._substitute(ids, labels, items, epoch, step)
 
@@ -383,28 +385,50 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+# Test-time augmentation seeds use this in place of the epoch: training epochs
+# are >= 0, so a TTA copy never repeats a training copy's transform.
+TTA_EPOCH = -1
+
+
 def make_eval_dataset(source: Source, spec: PipelineSpec, rank: int, world_size: int, batch_size: int,
-                      image_shape: Optional[tuple] = None) -> tuple[tf.data.Dataset, int]:
+                      image_shape: Optional[tuple] = None, tta: int = 0) -> tuple[tf.data.Dataset, int]:
     """This rank's shard of the evaluation split: ``(images, labels, weights)`` batches.
 
     Every rank gets the same number of batches; padding has weight 0 so
     ``sum(correct * w)`` and ``sum(w)`` reduced over ranks count each sample once.
     Returns the dataset and its number of batches.
+
+    With ``tta = N > 0`` (test-time augmentation, paper Table 5) images are
+    ``[batch, N, H, W, C]``: N copies of each sample under the *training*
+    augmentation, seeded by (seed, TTA_EPOCH, sample id, copy). The rank is
+    left out of the seed on purpose, so the result does not depend on how
+    many ranks share the evaluation.
     """
     ids, weights = eval_shard(len(source), rank, world_size)
-    transform = aug.get_augment(spec.eval_transform)
     channels = image_shape[-1] if image_shape else 3
     hw = tuple(image_shape[:2]) if image_shape else (None, None)
 
     def gen():
         with concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads)) as pool:
             for i, w, img in zip(ids, weights, pool.map(lambda k: _load_checked(source, int(k)), ids)):
-                yield img, source.label(int(i)), w
+                yield img, source.label(int(i)), w, i
 
-    sig = (tf.TensorSpec(hw + (channels,), tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32))
+    sig = (tf.TensorSpec(hw + (channels,), tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32),
+           tf.TensorSpec([], tf.int64))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    zero_seed = tf.zeros([2], tf.int64)
-    ds = ds.map(lambda x, y, w: (_normalize(transform(x, zero_seed), spec), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+    if tta:
+        augment_fn = aug.get_augment(spec.augment)
+
+        def prepare(x, y, w, i):
+            seeds = copy_seeds(spec.seed, TTA_EPOCH, 0, i, tta)
+            return _normalize(tf.stack([augment_fn(x, seeds[c]) for c in range(tta)]), spec), y, w
+    else:
+        transform = aug.get_augment(spec.eval_transform)
+        zero_seed = tf.zeros([2], tf.int64)
+
+        def prepare(x, y, w, i):
+            return _normalize(transform(x, zero_seed), spec), y, w
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     n_batches = -(-len(ids) // batch_size)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n_batches
 

@@ -107,3 +107,91 @@ def test_augmentations_differ_across_ranks_and_copies_and_repeat(ctx):
             np.testing.assert_array_equal(ys[r], y)
     x2, _ = _first_batch(ctx)
     np.testing.assert_array_equal(x, x2)  # reproducible from the seeds alone
+
+
+# ---- corrupt files in the middle of a folder and of a TFRecord shard ----------
+
+N_CLASSES, PER_CLASS = 2, 8
+
+
+@pytest.fixture(scope="module")
+def damaged_data(ctx, tmp_path_factory):
+    """Rank 0 writes a small JPEG folder and TFRecord shards, both with damage."""
+    root = None
+    if ctx.rank == 0:
+        from PIL import Image
+
+        from ba_dist.data import files
+        from ba_dist.data.make_tfrecords import write_shards
+        root = tmp_path_factory.mktemp("damaged")
+        rng = np.random.default_rng(0)
+        for c in range(N_CLASSES):
+            d = root / "folder" / "train" / f"class{c}"
+            d.mkdir(parents=True)
+            for k in range(PER_CLASS):
+                Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(d / f"img{k}.jpg", quality=90)
+        write_shards(str(root / "folder"), str(root / "shards"), split="train", num_shards=2, log=None)
+        # damage after the shards were written: a truncated JPEG and a text file in the folder
+        good = (root / "folder/train/class0/img3.jpg").read_bytes()
+        (root / "folder/train/class0/img3.jpg").write_bytes(good[: len(good) // 2])
+        (root / "folder/train/class1/img5.jpg").write_text("not an image at all")
+        # one flipped byte in the middle of the 3rd record of the first shard
+        shard = sorted((root / "shards").iterdir())[0]
+        offsets, lengths, _ = files.scan_tfrecord(str(shard))
+        raw = bytearray(shard.read_bytes())
+        raw[int(offsets[2] + lengths[2] // 2)] ^= 0xFF
+        shard.write_bytes(bytes(raw))
+    return ctx.world_comm.bcast(str(root) if root else None, root=0)
+
+
+def _run_all(loader):
+    return [(ids.copy(), labels.copy()) for _, _, ids, labels, _ in loader]
+
+
+@pytest.mark.parametrize("kind", ["folder", "tfrecord"])
+def test_corrupt_samples_skipped_in_lockstep(ctx, damaged_data, kind):
+    t = ctx.topology
+    extra = {} if kind == "folder" else {"num_classes": N_CLASSES}
+    src = sources.get_source(kind, split="train", data_dir=f"{damaged_data}/{'folder' if kind == 'folder' else 'shards'}",
+                             **extra)
+    sampler = GroupSampler(len(src), t.num_groups, 4, seed=1)
+    spec = pipeline.PipelineSpec(per_rank_unique=4, m_local=M_LOCAL, broadcast="decoded", on_corrupt="skip", seed=1)
+    loader = pipeline.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=sampler.steps_per_epoch)
+    steps = _run_all(loader)
+    everyone = _gather(ctx, (steps, loader.skipped))
+    for r in t.group_ranks:  # identical substituted ids and counts inside the group
+        assert len(everyone[r][0]) == len(steps) == sampler.steps_per_epoch
+        for (a, _), (b, _) in zip(steps, everyone[r][0]):
+            np.testing.assert_array_equal(a, b)
+        assert everyone[r][1] == loader.skipped
+    bad = {i for i in range(len(src)) if _is_bad(src, i)}
+    used = set(np.concatenate([ids for g in range(t.num_groups) for ids, _ in everyone[g * M_RANKS][0]]).tolist())
+    assert not (used & bad)                                  # no corrupt sample reached training
+    assert sum(everyone[g * M_RANKS][1] for g in range(t.num_groups)) == len(bad & set(
+        np.concatenate([sampler.epoch_ids(0, g).ravel() for g in range(t.num_groups)]).tolist()))
+    assert len(bad) == 2 if kind == "folder" else len(bad) == 1
+
+
+def _is_bad(src, i):
+    try:
+        src.load(i)
+        return False
+    except sources.CorruptSampleError:
+        return True
+
+
+def test_corrupt_sample_error_policy_names_the_file(ctx, damaged_data):
+    t = ctx.topology
+    src = sources.get_source("folder", split="train", data_dir=f"{damaged_data}/folder")
+    # one step covers the whole folder: each group gets half of it
+    sampler = GroupSampler(len(src), t.num_groups, len(src) // t.num_groups, seed=1)
+    spec = pipeline.PipelineSpec(per_rank_unique=len(src) // t.num_groups, broadcast="decoded",
+                                 on_corrupt="error", seed=1)
+    loader = pipeline.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=1)
+    mine = {src.describe(int(i)) for i in sampler.epoch_ids(0, t.group_id)[0]}
+    damaged = {w for w in mine if w.endswith(("class0/img3.jpg", "class1/img5.jpg"))}
+    if damaged:  # every rank of the group stops, naming the reader's file
+        with pytest.raises(pipeline.DataError, match="|".join(sorted(p.split("/")[-1] for p in damaged))):
+            _run_all(loader)
+    else:
+        assert len(_run_all(loader)) == 1
