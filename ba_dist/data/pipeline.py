@@ -47,6 +47,7 @@ __all__ = [
     "batch_augment",
     "GroupLoader",
     "make_train_dataset",
+    "ba_batches",
     "make_eval_dataset",
     "output_shape",
     "BROADCAST_MODES",
@@ -348,7 +349,6 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
     Elements follow the loader's steps one to one, so ``steps_per_epoch``
     batches make one epoch on every rank.
     """
-    b, m = spec.per_rank_unique, spec.m_local
     channels = image_shape[-1] if image_shape else 3
     hw = tuple(image_shape[:2]) if image_shape else (None, None)
 
@@ -359,27 +359,47 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
 
     sig = (tf.TensorSpec(hw + (channels,), tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
            tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
-    ds = tf.data.Dataset.from_generator(per_image, output_signature=sig)
-    augment_fn = aug.get_augment(spec.augment)
-    rank = topology.rank
+    elements = tf.data.Dataset.from_generator(per_image, output_signature=sig)
+    return ba_batches(elements, aug.get_augment(spec.augment), spec, topology.rank, num_classes)
+
+
+def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
+               num_classes: int, with_ids: bool = False) -> tf.data.Dataset:
+    """The BA batching shared by ba-train and the public Keras API.
+
+    Args:
+      elements: unique samples in training order, ``(image, label, id, epoch,
+        step)``; every ``per_rank_unique`` consecutive elements form one step.
+      augment_fn: ``fn(image, seed) -> image``.
+      spec: copies (``m_local``), normalisation, mixup and the base seed.
+      rank: global rank (part of every augmentation seed).
+      num_classes: for one-hot labels.
+      with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
+
+    Returns:
+      Batches ``(images [m_local*b, ...], onehot [m_local*b, K])`` in copy-major
+      order: row ``c*b + i`` is copy ``c`` of unique sample ``i``.
+    """
+    b, m = spec.per_rank_unique, spec.m_local
 
     def copies(img, label, i, epoch, step):
         seeds = copy_seeds(spec.seed, epoch, rank, i, m)
         x = tf.stack([augment_fn(img, seeds[c]) for c in range(m)])
-        return _normalize(x, spec), label, epoch, step
+        return _normalize(x, spec), label, i, epoch, step
 
-    ds = ds.map(copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = elements.map(copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(b, drop_remainder=True)
 
-    def copy_major(x, label, epoch, step):
+    def copy_major(x, label, ids, epoch, step):
         # [b, m, H, W, C] -> [m, b, H, W, C] -> [m*b, H, W, C]
         x = tf.reshape(tf.transpose(x, [1, 0, 2, 3, 4]), tf.concat([[m * b], tf.shape(x)[2:]], 0))
         y = tf.one_hot(tf.tile(label, [m]), num_classes)
         if spec.mixup_alpha > 0:
             seed = tf.random.experimental.stateless_fold_in(
-                tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(spec.seed, tf.int64), 1]), epoch[0] * 1_000_003 + step[0]), rank)
+                tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(spec.seed, tf.int64), 1]),
+                                                         epoch[0] * 1_000_003 + step[0]), rank)
             x, y = aug.mixup_batch(x, y, spec.mixup_alpha, seed)
-        return x, y
+        return (x, y, tf.tile(ids, [m])) if with_ids else (x, y)
 
     ds = ds.map(copy_major, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
