@@ -22,7 +22,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 __all__ = ["REQUEUE_EXIT_CODE", "StopRequested", "TrainState", "EvalCallback", "ThroughputCallback",
-           "MetricsLogger", "CheckpointCallback", "StopControl"]
+           "MetricsLogger", "CheckpointCallback", "StopControl",
+           "catch_stop_signals_early"]
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,19 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
             self.save(dict(logs or {}), (logs or {}).get("val_top1"))
 
 
+EARLY_SIGNALS: list[int] = []
+
+
+def catch_stop_signals_early(signals=(signal.SIGTERM, signal.SIGUSR1)) -> None:
+    """Record SIGTERM/SIGUSR1 from process start until StopControl takes over.
+
+    Without this, a signal during start-up (imports, data indexing, restore)
+    would kill the rank with the default action instead of stopping cleanly.
+    """
+    for s in signals:
+        signal.signal(s, lambda signum, frame: EARLY_SIGNALS.append(signum))
+
+
 class StopControl(tf.keras.callbacks.Callback):
     """Stop all ranks at the same step boundary on a signal, max_steps or stop_after_epoch.
 
@@ -197,6 +211,8 @@ class StopControl(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         for s in self.signals:
             signal.signal(s, self._handle)
+        if EARLY_SIGNALS:  # arrived during start-up (minutes on a big allocation): honour it now
+            self._handle(EARLY_SIGNALS[-1], None)
 
     def _handle(self, signum, frame):
         self.received = signum

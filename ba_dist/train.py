@@ -35,6 +35,8 @@ def _say(topo_rank: int, msg: str) -> None:
 
 
 def main(cfg, workdir: str) -> int:
+    from ba_dist import callbacks as cb
+    cb.catch_stop_signals_early()
     # ---- 1. config and layout: pure checks, identical verdict on every rank
     config_lib.validate(cfg)
     from ba_dist import dist
@@ -51,7 +53,6 @@ def main(cfg, workdir: str) -> int:
         tf.config.experimental.enable_op_determinism()
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    from ba_dist import callbacks as cb
     from ba_dist import optim, trainer
     from ba_dist.checkpoint import CheckpointManager
     from ba_dist.data import pipeline, sources
@@ -164,6 +165,9 @@ def main(cfg, workdir: str) -> int:
 
     # ---- 7. the end
     if state.stopped and state.stop_reason != "max_steps":
+        # Nobody leaves before rank 0's checkpoint is on disk: mpirun kills the
+        # whole job as soon as one rank exits non-zero.
+        ctx.world_comm.Barrier()
         _say(rank, f"stopped early ({state.stop_reason}) at epoch {state.epoch} step {state.step_in_epoch}; "
                    f"checkpoint written, exit {cb.REQUEUE_EXIT_CODE} = requeue me")
         return cb.REQUEUE_EXIT_CODE
