@@ -4,13 +4,22 @@
 
     logits = net(x)                      x: this rank's m_local x b examples
     loss   = CE(y, logits) + wd/2 |w|^2  (mean over the local batch; no BN params in |w|)
+    g_r    = local gradient of rank r
     grads  = Horovod allreduce-average   = 1/(N m_local b) sum over all B x M examples
-    flags  = allreduce-sum [loss, stop request]   (fused with the gradients)
+    flags  = allreduce-sum [loss, stop request, |g_r|^2]   (fused with the gradients)
     apply unless the global gradient is non-finite
 
 Because ``grad_norm`` and the flags come out of allreduces, every rank sees
 the same values and takes the same decisions (stop, non-finite) at the same
 step without any extra communication.
+
+Gradient statistics of the last step (read by ``ba_dist.analysis.gradstats``):
+``step_grad_norm = |g|`` with ``g = mean_r g_r`` the applied gradient, and
+``step_grad_var = mean_r |g_r|^2 - |g|^2 = mean_r |g_r - g|^2``, the spread of
+the N per-rank gradients around their mean (0 on one rank, and exactly 0 when
+every rank computed the same gradient). It costs one extra scalar in the flags
+allreduce, which is why the step averages the gradients itself instead of
+through ``hvd.DistributedGradientTape`` (that tape never exposes ``g_r``).
 """
 from __future__ import annotations
 
@@ -47,6 +56,9 @@ class BATrainModel(tf.keras.Model):
         self.stop_request = tf.Variable(0.0, trainable=False, name="stop_request")
         self.global_stop = tf.Variable(0.0, trainable=False, name="global_stop")
         self.nonfinite = tf.Variable(0.0, trainable=False, name="nonfinite")
+        # Last step's gradient norm and spread over ranks (module docstring); identical on all ranks.
+        self.step_grad_norm = tf.Variable(0.0, trainable=False, name="step_grad_norm")
+        self.step_grad_var = tf.Variable(0.0, trainable=False, name="step_grad_var")
         self.trackers = {k: tf.keras.metrics.Mean(name=k) for k in ("loss", "grad_norm")}
         self.top1 = tf.keras.metrics.CategoricalAccuracy(name="top1")
 
@@ -69,12 +81,21 @@ class BATrainModel(tf.keras.Model):
             if self.decayed:
                 total += optim.l2_regularization_loss(self.decayed, self.weight_decay)
             scaled = opt.get_scaled_loss(total) if mixed else total
-        tape = self.hvd.DistributedGradientTape(tape, compression=self.compression)
-        grads = tape.gradient(scaled, tvars)
+        local = tape.gradient(scaled, tvars)
+        # Horovod: average over all ranks, as hvd.DistributedGradientTape would
+        # (same compression; scaled gradients travel, so fp16 cannot underflow).
+        grads = self._allreduce_mean(local)
+        local_sq = _sum_of_squares(local)
         if mixed:
             grads = opt.get_unscaled_gradients(grads)
-        flags = self.hvd.allreduce(tf.stack([loss, self.stop_request]), op=self.hvd.Sum, name="ba_flags")
-        grad_norm = tf.linalg.global_norm(grads)
+            local_sq = local_sq / tf.square(tf.cast(opt.loss_scale, tf.float32))
+        flags = self.hvd.allreduce(tf.stack([loss, self.stop_request, local_sq]), op=self.hvd.Sum,
+                                   name="ba_flags")
+        grad_sq = _sum_of_squares(grads)
+        grad_norm = tf.sqrt(grad_sq)
+        self.step_grad_norm.assign(grad_norm)
+        # max(): mean_r |g_r|^2 >= |mean_r g_r|^2 holds exactly, float rounding can dip below it
+        self.step_grad_var.assign(tf.maximum(flags[2] / self.hvd.size() - grad_sq, 0.0))
         finite = tf.math.is_finite(flags[0])
         if not mixed:  # under loss scaling the optimizer itself skips non-finite steps
             finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
@@ -93,6 +114,25 @@ class BATrainModel(tf.keras.Model):
         self.top1.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
 
+    def _allreduce_mean(self, grads):
+        """Horovod: average of every rank's gradients (None stays None; one rank: as is)."""
+        if self.hvd.size() == 1:
+            return list(grads)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        reduced = self.hvd.grouped_allreduce([grads[i] for i in present], op=self.hvd.Average,
+                                             compression=self.compression)
+        out = list(grads)
+        for i, g in zip(present, reduced):
+            out[i] = g
+        return out
+
+
+def _sum_of_squares(grads) -> tf.Tensor:
+    """``|g|^2`` over all variables, float32 (``tf.linalg.global_norm`` squared, without the sqrt)."""
+    parts = [tf.reduce_sum(tf.square(tf.cast(g.values if isinstance(g, tf.IndexedSlices) else g, tf.float32)))
+             for g in grads if g is not None]
+    return tf.add_n(parts) if parts else tf.constant(0.0)
+
 
 def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dict:
     """Exact evaluation over a dataset sharded across ranks.
@@ -100,13 +140,25 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
     Each rank sums ``loss * w``, ``correct@1 * w``, ``correct@5 * w`` and ``w``
     over its shard (padding has w = 0); one allreduce of the sums gives
     ``sum correct / sum count`` over the whole split (not a mean of per-rank means).
+
+    Images of shape ``[batch, N, H, W, C]`` (``make_eval_dataset(tta=N)``) are
+    N augmented copies per sample: the prediction is the softmax averaged over
+    the copies (test-time augmentation, paper Table 5), and the loss is
+    ``-log`` of its probability of the label.
     """
     sums = np.zeros(4, np.float64)
     k = min(5, num_classes)
 
     @tf.function
     def step(x, y, w):
-        logits = tf.cast(net(x, training=False), tf.float32)
+        if x.shape.rank == 5:
+            copies = tf.shape(x)[1]
+            logits = tf.cast(net(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), training=False), tf.float32)
+            probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [-1, copies, num_classes]), axis=1)
+            # log of the averaged softmax acts as logits: softmax(log p) = p
+            logits = tf.math.log(tf.maximum(probs, 1e-30))
+        else:
+            logits = tf.cast(net(x, training=False), tf.float32)
         loss = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         top1 = tf.cast(tf.equal(tf.argmax(logits, -1), y), tf.float32)
         top5 = tf.cast(tf.nn.in_top_k(y, logits, k), tf.float32)

@@ -1,0 +1,301 @@
+"""``ba-analyze`` and ``ba-bench``: the paper's section 3 measurements, one command each.
+
+    ba-analyze grad-corr --workdir DIR          # Table 1: checkpoint state and initialization
+    ba-analyze grad-corr --config FILE          # Table 1: initialization only
+        [--n 100] [--seed S] [--augment NAME ...] [--checkpoint latest|best|PATH] [--out FILE]
+    ba-bench throughput --model NAME [--image-size 32 --channels 3 --num-classes 10]
+        [--batch-sizes 1,2,...,256] [--repeats 5] [--out-dir DIR]      # Table 3
+    ba-bench scaling --model NAME --max-ranks N [--batch-size 32]      # 1..N ranks under mpirun
+
+(``python -m ba_dist.analysis.cli <subcommand> ...`` is the same.) grad-corr
+and throughput also run under ``mpirun``: grad-corr splits its samples over
+the ranks (same numbers as one process), throughput times the data-parallel
+step on all ranks. Only rank 0 prints and writes. Exit codes: 0 done, 2 bad
+arguments, config or workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional, Sequence
+
+__all__ = ["run", "bench", "main"]
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------
+# grad-corr
+# ----------------------------------------------------------------------------
+def _load_config(args):
+    import ml_collections
+    from ba_dist import config as config_lib
+    if args.workdir:
+        path = Path(args.workdir) / "config.json"
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist: --workdir must be a ba-train workdir "
+                             f"(or use --config FILE for a fresh model)")
+        cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    else:
+        cfg = config_lib.load_config_file(args.config)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def default_augment_sets(train_augment: str, image_size: int) -> list[str]:
+    """The training augmentation ("crop+flip") and the same plus cutout of half the image side."""
+    if train_augment in ("cifar", "cifar_cutout"):
+        return ["cifar", "cifar_cutout"]
+    if "cutout" in train_augment:
+        return [train_augment]
+    return [train_augment, f"{train_augment}|cutout(size={max(1, image_size // 2)})"]
+
+
+def _checkpoint_path(workdir: Path, which: str) -> Path:
+    from ba_dist.checkpoint import CheckpointManager
+    manager = CheckpointManager(workdir / "checkpoints", is_writer=False)
+    path = {"latest": manager.latest, "best": manager.best}.get(which, lambda: Path(which))()
+    if path is None or not (path / "meta.json").is_file():
+        raise UsageError(f"no complete checkpoint '{which}' in {workdir / 'checkpoints'} "
+                         f"(train first, or pass --checkpoint PATH to a ckpt-* directory)")
+    return path
+
+
+def _grad_corr(args, say) -> int:
+    cfg = _load_config(args)
+    from ba_dist import dist
+    ctx = dist.init()
+    import tensorflow as tf
+    from ba_dist import train
+    from ba_dist.analysis import grad_corr as gc
+    from ba_dist.data import augment as aug
+    from ba_dist.data import sources
+
+    train_src = sources.get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
+    eval_src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
+    # make_spec reads only the per-rank sizes from the layout; any valid pair will do here.
+    spec = train.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), train_src)
+    in_shape = None
+    names = args.augment or None
+    eval_fn = aug.get_augment(spec.eval_transform)
+
+    def preprocess(x):
+        return x / 255.0 if spec.mean is None else aug.normalize(x, spec.mean, spec.std)
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    ckpt = _checkpoint_path(Path(args.workdir), args.checkpoint) if args.workdir else None
+    states = []
+    wanted = ["init"] + (["trained"] if ckpt else [])
+    rank, size = ctx.rank, ctx.size
+    for state in wanted:
+        meta = {"epoch": 0, "global_step": 0}
+        if state == "init":
+            tf.keras.utils.set_random_seed(cfg.seed)   # the init of a train.deterministic run
+        net, in_shape = train.build_net(cfg, train_src, spec)
+        if state == "trained":
+            tf.train.Checkpoint(net=net).read(str(ckpt / "state")).expect_partial() \
+                .assert_existing_objects_matched()
+            meta = json.loads((ckpt / "meta.json").read_text())
+            meta["checkpoint"] = str(ckpt)
+        if names is None:
+            names = default_augment_sets(spec.augment, in_shape[0])
+        fns = {k: aug.get_augment(k) for k in names}
+        per = gc.per_sample_correlations(net, train_src, fns, args.n, args.seed, samples=range(rank, args.n, size),
+                                         eval_fn=eval_fn, preprocess=preprocess)
+        gathered = ctx.world_comm.gather(per, root=0)
+        acc = gc.accuracy(net, eval_src, args.eval_samples, eval_fn=eval_fn, preprocess=preprocess) \
+            if rank == 0 else (None, 0)
+        if rank == 0:
+            merged = {k: {} for k in per}
+            for part in gathered:
+                for k, v in part.items():
+                    merged[k].update(v)
+            rho = {k: gc.summarize([v[i] for i in sorted(v)]) for k, v in merged.items()}
+            states.append({"name": state, "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
+                           "checkpoint": meta.get("checkpoint"), "val_top1": acc[0], "val_count": acc[1],
+                           "rho": rho})
+            say(f"{state}: done ({args.n} samples on {size} rank(s))")
+    if rank != 0:
+        return 0
+    table = gc.markdown_table(states, names)
+    result = {"model": cfg.model.name, "dataset": cfg.input.dataset, "n": args.n, "seed": args.seed,
+              "bn_mode": "inference (training=False)", "loss": "cross-entropy of one example, no weight decay",
+              "augment_sets": names, "eval_transform": spec.eval_transform, "input_shape": list(in_shape),
+              "states": states, "table": table}
+    print(table, flush=True)
+    out = Path(args.out) if args.out else (Path(args.workdir) / "grad_corr.json" if args.workdir else None)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        say(f"wrote {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# throughput / scaling
+# ----------------------------------------------------------------------------
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--batch-sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def _bench_spec(args):
+    from ba_dist import models
+    from ba_dist.analysis.throughput import BenchSpec
+    if args.model not in models.MODEL_NAMES:
+        raise UsageError(f"unknown model {args.model!r}; known: {', '.join(models.MODEL_NAMES)}")
+    return BenchSpec(model=args.model, image_size=args.image_size, channels=args.channels,
+                     num_classes=args.num_classes, bn=args.bn, repeats=args.repeats, steps=args.steps,
+                     min_images=args.min_images, warmup=args.warmup, seed=args.seed)
+
+
+def _throughput(args, say) -> int:
+    spec = _bench_spec(args)
+    sizes = _batch_sizes(args.batch_sizes)
+    if args.threads:
+        import tensorflow as tf   # before any op runs, or TF refuses the change
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    from ba_dist import dist
+    from ba_dist.analysis import throughput as tp
+    ctx = dist.init()
+    rows = tp.sweep(spec, sizes, ctx.hvd, ctx.world_comm, log=say if not args.quiet else (lambda s: None))
+    if ctx.rank != 0:
+        return 0
+    table = tp.markdown_throughput(rows, spec, args.threads or None)
+    result = {"spec": spec.__dict__, "threads": args.threads or None, "rows": rows, "table": table}
+    if not args.quiet:
+        print(table, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "throughput.json").write_text(json.dumps(result, indent=1))
+        (out / "throughput.md").write_text(table + "\n")
+        tp.plot_throughput(rows, out / "throughput.png", spec.describe())
+        say(f"wrote {out}/throughput.{{json,md,png}}")
+    return 0
+
+
+def _scaling(args, say) -> int:
+    from ba_dist.analysis import throughput as tp
+    spec = _bench_spec(args)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.max_ranks)
+    rows = tp.run_scaling(spec, args.max_ranks, args.batch_size, threads, mpirun=args.mpirun,
+                          timeout=args.timeout, log=say)
+    table = tp.markdown_scaling(rows, spec, args.batch_size, threads)
+    print(table, flush=True)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result = {"spec": spec.__dict__, "batch_size": args.batch_size, "threads_per_rank": threads,
+                  "rows": rows, "table": table}
+        (out / "scaling.json").write_text(json.dumps(result, indent=1))
+        (out / "scaling.md").write_text(table + "\n")
+        tp.plot_scaling(rows, out / "scaling.png", f"{spec.describe()}, batch {args.batch_size}/rank")
+        say(f"wrote {out}/scaling.{{json,md,png}}")
+    return 0
+
+
+# ----------------------------------------------------------------------------
+# Parsers
+# ----------------------------------------------------------------------------
+def _add_grad_corr(sub):
+    p = sub.add_parser("grad-corr", help="gradient correlations under augmentation (paper Table 1)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="ba-train workdir: its checkpoint and, with the same config, a fresh init")
+    src.add_argument("--config", help="config file: a fresh model at initialization only")
+    p.add_argument("--n", type=int, default=100, help="samples per measure (default 100, as the paper)")
+    p.add_argument("--seed", type=int, default=0, help="sampling and augmentation seed")
+    p.add_argument("--augment", action="append",
+                   help="augmentation set for rho(x, T(x)); repeat for several (default: the source's "
+                        "training augmentation, and the same plus cutout)")
+    p.add_argument("--checkpoint", default="latest", help="latest | best | path to a ckpt-* directory")
+    p.add_argument("--eval-samples", type=int, default=1000, help="validation samples for the accuracy row")
+    p.add_argument("--out", help="JSON output (default: <workdir>/grad_corr.json; none for --config)")
+    p.set_defaults(func=_grad_corr)
+
+
+def _add_bench_common(p):
+    p.add_argument("--model", required=True, help="a model of the zoo (ba_dist.models.MODEL_NAMES)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--bn", default="batch", choices=("batch", "none"))
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (median, std)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed run (at least --min-images images)")
+    p.add_argument("--min-images", type=int, default=64, help="images per rank per timed run, at least")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per batch size (tracing included)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="write <name>.json, .md and .png here")
+
+
+def _add_bench(sub):
+    p = sub.add_parser("throughput", help="images/s vs per-rank batch size (paper Table 3)")
+    _add_bench_common(p)
+    p.add_argument("--batch-sizes", default=",".join(str(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)))
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads per rank (0: TF default)")
+    p.add_argument("--json", help="raw result file (what `scaling` reads)")
+    p.add_argument("--quiet", action="store_true", help="print nothing (used by `scaling`)")
+    p.set_defaults(func=_throughput)
+
+    p = sub.add_parser("scaling", help="data-parallel scaling over 1..N ranks (launches mpirun)")
+    _add_bench_common(p)
+    p.add_argument("--max-ranks", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
+    p.add_argument("--threads", type=int, default=0, help="threads per rank (default: cores / max-ranks)")
+    p.add_argument("--mpirun", default="mpirun")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
+    p.set_defaults(func=_scaling)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "ba-analyze", commands=("grad-corr", "bench")) -> int:
+    """Parse ``argv`` and run one subcommand; returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    if "grad-corr" in commands:
+        _add_grad_corr(sub)
+    if "bench" in commands:
+        _add_bench(sub)
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+
+    def say(msg: str) -> None:
+        if rank == 0:
+            print(f"[{prog}] {msg}", file=sys.stderr, flush=True)
+
+    from ba_dist.config import ConfigError
+    from ba_dist.data.sources import DataSourceError
+    try:
+        return args.func(args, say)
+    except (UsageError, ConfigError, DataSourceError) as e:
+        print(f"[{prog}] error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def run() -> None:
+    """Console script ``ba-analyze``."""
+    sys.exit(main(prog="ba-analyze"))
+
+
+def bench() -> None:
+    """Console script ``ba-bench``."""
+    sys.exit(main(prog="ba-bench", commands=("bench",)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="ba_dist.analysis.cli"))
