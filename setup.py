@@ -39,6 +39,9 @@ setup(
         "console_scripts": [
             "ba-train=ba_dist.train:run",
             "ba-make-tfrecords=ba_dist.data.make_tfrecords:main",
+            "ba-analyze=ba_dist.analysis.cli:run",
+            "ba-bench=ba_dist.analysis.cli:bench",
+            "ba-plot=ba_dist.plot:run",
         ],
     },
 )
