@@ -1,0 +1,175 @@
+"""Input-pipeline benchmark for Batch Augmentation (issue 3).
+
+Two parts, each comparing against the obvious alternative in the same run
+(ratios, not absolute numbers: the machines are shared and noisy):
+
+  augment  (1 process)   augmented images/s per core at M = 1, 2, 4, 8:
+           BA path   = decode each JPEG once, M augmentations of the pixels
+           obvious   = every copy decoded on its own with decode_and_crop_jpeg
+           and the same for CIFAR-style uint8 arrays (no decode to save).
+  bcast    (under mpirun, one group of all ranks)
+           delivered unique images/s per rank for broadcast='decoded', 'encoded'
+           and 'none' (every rank reads itself), and the decoded-image
+           broadcast's bandwidth against a raw MPI Bcast of the same bytes.
+
+    .venv/bin/python benchmarks/bench_pipeline.py augment
+    mpirun -np 2 .venv/bin/python benchmarks/bench_pipeline.py bcast
+"""
+from __future__ import annotations
+
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ba_dist.data import augment as aug  # noqa: E402
+
+
+def make_jpegs(n: int, size=(375, 500), seed: int = 0) -> list[bytes]:
+    """Photo-like JPEGs (smooth gradients + texture), about the size of ImageNet's."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for _ in range(n):
+        base = np.stack([np.sin(xx / rng.uniform(20, 80) + rng.uniform(0, 6)) * 90 + 128,
+                         np.cos(yy / rng.uniform(20, 80) + rng.uniform(0, 6)) * 90 + 128,
+                         (xx + yy) * 255.0 / (h + w)], -1)
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _with_one_thread(ds: tf.data.Dataset) -> tf.data.Dataset:
+    opts = tf.data.Options()
+    opts.threading.private_threadpool_size = 1  # per core: one thread does all the work
+    opts.autotune.enabled = False
+    return ds.with_options(opts)
+
+
+def _pass(ds, per_element: int) -> float:
+    t0, n = time.perf_counter(), 0
+    for _ in ds:
+        n += per_element
+    return n / (time.perf_counter() - t0)
+
+
+def _compare(a: tf.data.Dataset, a_per: int, b: tf.data.Dataset, b_per: int, repeats: int = 5):
+    """Median images/s of a and b and the median of per-repeat ratios; passes alternate
+    so that load changes on a shared machine hit both sides alike."""
+    a, b = _with_one_thread(a), _with_one_thread(b)
+    _pass(a, a_per), _pass(b, b_per)  # warm-up: tracing, caches
+    ra, rb = [], []
+    for _ in range(repeats):
+        ra.append(_pass(a, a_per))
+        rb.append(_pass(b, b_per))
+    return statistics.median(ra), statistics.median(rb), statistics.median(x / y for x, y in zip(ra, rb))
+
+
+def bench_augment(n_jpegs: int = 48, ms=(1, 2, 4, 8)) -> None:
+    jpegs = make_jpegs(n_jpegs)
+    imagenet = aug.get_augment("imagenet")
+    cifar = aug.get_augment("cifar")
+    arrays = np.random.default_rng(0).integers(0, 255, (512, 32, 32, 3), dtype=np.uint8)
+    print(f"## Augmented images/s per core (1 tf.data thread), {n_jpegs} JPEGs of "
+          f"{np.mean([len(j) for j in jpegs]) / 1024:.0f} KiB (375x500), 512 CIFAR arrays\n")
+    print("| M | JPEG: BA (decode once) | JPEG: decode_and_crop per copy | ratio | "
+          "CIFAR: BA (M augs of one array) | CIFAR: per-copy pipeline | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    seed0 = tf.constant([7, 0], tf.int64)
+    for m in ms:
+        def ba(j, i, m=m):
+            img = tf.io.decode_jpeg(j, channels=3)
+            return tf.stack([imagenet(img, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c))
+                             for c in range(m)])
+
+        def obvious(j, i, c):
+            return aug.decode_and_crop_imagenet(j, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c))
+
+        ids = tf.range(len(jpegs), dtype=tf.int64)
+        src = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs), ids))
+        per_copy = src.flat_map(lambda j, i: tf.data.Dataset.from_tensors((j, i)).repeat(m)
+                                .enumerate().map(lambda c, e: (e[0], e[1], c)))
+        r_ba, r_ob, ratio = _compare(src.map(ba), m, per_copy.map(obvious), 1)
+
+        def cba(x, i, m=m):
+            return tf.stack([cifar(x, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c)) for c in range(m)])
+
+        csrc = tf.data.Dataset.from_tensor_slices((arrays, tf.range(len(arrays), dtype=tf.int64)))
+        c_ba, c_ob, cratio = _compare(
+            csrc.map(cba), m,
+            csrc.flat_map(lambda x, i: tf.data.Dataset.from_tensors((x, i)).repeat(m))
+            .map(lambda x, i: cifar(x, tf.random.experimental.stateless_fold_in(seed0, i))), 1)
+        print(f"| {m} | {r_ba:.0f} | {r_ob:.0f} | {ratio:.2f}x | {c_ba:.0f} | {c_ob:.0f} | {cratio:.2f}x |",
+              flush=True)
+
+
+def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
+    from ba_dist import dist
+    from ba_dist.data import broadcast, pipeline, sources
+    from ba_dist.data.sampler import GroupSampler
+    ctx = dist.init(m_ranks=int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
+    t, comm = ctx.topology, ctx.group_comm
+    root = ctx.world_comm.bcast(tempfile.mkdtemp(prefix="ba_bench_") if t.rank == 0 else None, root=0)
+    if t.rank == 0:
+        os.makedirs(f"{root}/train/c0")
+        for k, j in enumerate(make_jpegs(n_images)):
+            with open(f"{root}/train/c0/{k:04d}.jpg", "wb") as f:
+                f.write(j)
+    ctx.world_comm.Barrier()
+    src = sources.get_source("folder", split="train", data_dir=root, empty_class="error")
+    sampler = GroupSampler(len(src), t.num_groups, b, seed=0)
+    rows = []
+    for mode in ("decoded", "encoded", "none"):
+        spec = pipeline.PipelineSpec(per_rank_unique=b, broadcast=mode, read_threads=1, prefetch=2)
+        rates = []
+        for _ in range(3):
+            loader = pipeline.GroupLoader(src, sampler, spec, t, comm, num_steps=steps)
+            ctx.world_comm.Barrier()
+            t0 = time.perf_counter()
+            n = sum(len(ids) for _, _, ids, _, _ in loader)
+            rates.append(n / (time.perf_counter() - t0))
+        rows.append((mode, statistics.median(ctx.world_comm.allgather(statistics.median(rates)))))
+    # Broadcast alone: the same decoded images through bcast_decoded vs a raw Bcast of as many bytes.
+    images = [src.load(i) for i in range(b)] if t.is_reader else None
+    nbytes = comm.bcast(sum(im.nbytes for im in images) if t.is_reader else None, root=0)
+    ids, labels = np.arange(b), np.zeros(b, np.int64)
+    raw = np.zeros(nbytes, np.uint8)
+    t_ba, t_raw = [], []
+    for _ in range(20):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        if t.is_reader:
+            broadcast.bcast_decoded(comm, b, ids, labels, images)
+        else:
+            broadcast.bcast_decoded(comm, b)
+        comm.Barrier()
+        t_ba.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        comm.Bcast(raw, root=0)
+        comm.Barrier()
+        t_raw.append(time.perf_counter() - t0)
+    bw_ba, bw_raw = nbytes / statistics.median(t_ba) / 2**20, nbytes / statistics.median(t_raw) / 2**20
+    if t.rank == 0:
+        print(f"## Group of {t.world_size} ranks, {b} unique JPEGs (375x500) per step, {steps} steps\n")
+        print("| broadcast | unique images/s per rank | vs 'none' |")
+        print("|---|---|---|")
+        none = dict(rows)["none"]
+        for mode, r in rows:
+            print(f"| {mode} | {r:.0f} | {r / none:.2f}x |")
+        print(f"\nDecoded-image broadcast of {nbytes / 2**20:.1f} MiB per step: {bw_ba:.0f} MiB/s "
+              f"vs raw MPI Bcast of the same bytes {bw_raw:.0f} MiB/s = {bw_ba / bw_raw:.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "augment"
+    {"augment": bench_augment, "bcast": bench_bcast}[what]()
