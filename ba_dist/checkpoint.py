@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,12 @@ __all__ = ["CheckpointError", "CheckpointManager"]
 
 log = logging.getLogger(__name__)
 _PREFIX = "ckpt-"
+
+
+def _message(error: Exception) -> str:
+    """First line of an error, without TensorFlow's ``{{function_node ...}}`` and ``[Op:...]`` noise."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return re.sub(r"\s*\[Op:\w+\]\s*$", "", re.sub(r"\{\{[^}]*\}\}\s*", "", text)).strip()
 
 
 class CheckpointError(RuntimeError):
@@ -90,7 +97,7 @@ class CheckpointManager:
             os.rename(tmp, final)
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"could not write checkpoint {final}: {e}; "
+            raise CheckpointError(f"could not write checkpoint {final}: {_message(e)}; "
                                   f"the previous checkpoint {self.latest()} is intact") from e
         if metric is not None:
             self._update_best(final, metric)
@@ -106,7 +113,11 @@ class CheckpointManager:
         meta_path = path / "meta.json"
         meta = json.loads(meta_path.read_text())
         meta["best_metric"] = metric
-        meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
+        # Replaced, not rewritten in place: a kill mid-write must not leave a
+        # complete-looking checkpoint with a truncated meta.json.
+        tmp_meta = path / ".meta.json.tmp"
+        tmp_meta.write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
+        os.replace(tmp_meta, meta_path)
         tmp = self.dir / ".best.json.tmp"
         tmp.write_text(json.dumps({"name": path.name, "metric": metric}))
         os.replace(tmp, self.dir / "best.json")
@@ -121,15 +132,21 @@ class CheckpointManager:
             shutil.rmtree(p, ignore_errors=True)
 
     # -- restoring --------------------------------------------------------------
-    def restore(self, checkpoint: tf.train.Checkpoint, path: Path) -> dict:
-        """Restore one checkpoint into ``checkpoint``; returns its meta. Raises CheckpointError."""
+    def restore(self, checkpoint: tf.train.Checkpoint, path: Path, partial: bool = False) -> dict:
+        """Restore one checkpoint into ``checkpoint``; returns its meta. Raises CheckpointError.
+
+        ``partial=True`` restores a subset of what was saved (e.g. the network
+        without the optimizer, for evaluation) without warnings about the rest.
+        """
         try:
             meta = json.loads((path / "meta.json").read_text())
             status = checkpoint.read(str(path / "state"))
             status.assert_existing_objects_matched()
+            if partial:
+                status.expect_partial()
         except Exception as e:
             raise CheckpointError(f"checkpoint {path} is damaged or does not match this model: "
-                                  f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+                                  f"{type(e).__name__}: {_message(e)}") from e
         return meta
 
     def restore_latest(self, checkpoint: tf.train.Checkpoint, fallback: bool = True) -> Optional[dict]:

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.lr_scaling_batch = "unique"  # unique (B) | augmented (M*B): the batch the rule sees
     c.optim.reference_batch = 256
     c.optim.regime = "constant"          # see ba_dist.optim.REGIMES
+    c.optim.regime_scale = 1.0           # x the regime's LR-drop epochs (M for the "fixed #samples" baseline)
     c.optim.warmup_epochs = 0.0
     c.optim.momentum = 0.9
     c.optim.nesterov = False
@@ -88,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.deterministic = False        # tf op determinism (CPU: bitwise reproducible runs)
     c.train.verbose = 1                  # Keras progress bar on rank 0 (0 silent, 1 bar, 2 line/epoch)
     c.train.resume = True
+    c.train.resume_fallback = True       # newest checkpoint unloadable: resume from the previous one (False: stop)
+    c.train.grad_stats_every = 10        # rank 0 logs step gradient norm/variance to grad_norm.jsonl (0: off)
     return c
 
 
@@ -115,7 +118,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}={_get(c, key)!r}: must be one of {', '.join(choices)}")
     positive = ["input.batch_size", "input.eval_batch_size", "ba.multiplicity", "ba.m_ranks",
                 "train.epochs", "train.eval_every", "train.checkpoint_every", "model.ghost_batch_size",
-                "input.prefetch", "input.read_threads", "train.keep_checkpoints"]
+                "input.prefetch", "input.read_threads", "train.keep_checkpoints", "optim.regime_scale"]
     for key in positive:
         v = _get(c, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
@@ -194,7 +197,12 @@ def layout(c: ml_collections.ConfigDict, world_size: int) -> Layout:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Import ``path`` and call its ``get_config()``."""
+    """Import ``path`` and call its ``get_config()``.
+
+    ``path:arg`` calls ``get_config(arg)``, as ``--config path:arg`` does
+    (ml_collections' config-file argument).
+    """
+    path, sep, arg = str(path).partition(":")
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -203,7 +211,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     spec.loader.exec_module(mod)
     if not hasattr(mod, "get_config"):
         raise ConfigError(f"config file {path} has no get_config()")
-    return mod.get_config()
+    return mod.get_config(arg) if sep else mod.get_config()
 
 
 def to_json(c: ml_collections.ConfigDict) -> str:

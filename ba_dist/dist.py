@@ -229,10 +229,14 @@ def init(m_ranks: int = 1, m_local: int = 1, *, pin_gpu: bool = True,
     with _LOCK:
         if _CONTEXT is not None:
             t = _CONTEXT.topology
-            if (t.m_ranks, t.m_local) != (m_ranks, m_local):
+            if t.m_ranks != m_ranks:
                 raise TopologyError(
-                    f"ba_dist.dist.init already called with m_ranks={t.m_ranks}, m_local={t.m_local}; "
-                    f"cannot re-initialise with m_ranks={m_ranks}, m_local={m_local} in the same process")
+                    f"ba_dist.dist.init already called with m_ranks={t.m_ranks}; the groups (process sets, "
+                    f"communicators) cannot be re-laid out as m_ranks={m_ranks} in the same process")
+            if t.m_local != m_local:
+                # copies per rank are a rank-local choice: no communicator depends on them
+                validate_topology(t.world_size, m_ranks, m_local)
+                _CONTEXT = dataclasses.replace(_CONTEXT, topology=dataclasses.replace(t, m_local=m_local))
             return _CONTEXT
         from mpi4py import MPI
         world = MPI.COMM_WORLD

@@ -182,6 +182,8 @@ REGIMES: Dict[str, tuple] = {
     "cifar_resnet": ([81, 122], 0.1, 164),
     # Zagoruyko & Komodakis 2016 (WRN): x0.2 at 60, 120, 160 of 200 epochs.
     "cifar_wrn": ([60, 120, 160], 0.2, 200),
+    # Huang et al. 2017 (DenseNet): /10 at 50% and 75% of 300 epochs.
+    "cifar_densenet": ([150, 225], 0.1, 300),
     "constant": ([], 1.0, None),
     "cosine": (None, None, None),  # cosine to 0 over `total_epochs` (Loshchilov & Hutter)
 }
@@ -212,14 +214,18 @@ def make_schedule(name: str, base_lr: float, steps_per_epoch: int,
       steps_per_epoch: optimizer steps per epoch (unique samples / B).
       **kwargs: ``warmup_epochs`` and ``warmup_start_lr`` (all regimes, see
         :class:`PiecewiseConstantWithWarmup`); ``total_epochs`` (required for
-        "cosine", the length of warmup plus decay).
+        "cosine", the length of warmup plus decay); ``epoch_scale`` (all
+        regimes): multiplies the regime's own drop epochs, e.g. by M for the
+        paper's "fixed #samples" baseline, whose M x larger batch makes an
+        epoch M x fewer steps (cosine has no drop epochs: its length is
+        ``total_epochs``).
 
     Returns:
       A Keras ``LearningRateSchedule`` taking the optimizer step.
     """
     if name not in REGIMES:
         raise _unknown(name)
-    allowed = {"warmup_epochs", "warmup_start_lr"} | ({"total_epochs"} if name == "cosine" else set())
+    allowed = {"warmup_epochs", "warmup_start_lr", "epoch_scale"} | ({"total_epochs"} if name == "cosine" else set())
     if set(kwargs) - allowed:
         raise ValueError(f"Regime {name!r} takes only {sorted(allowed)}, got {sorted(kwargs)}.")
     warmup_epochs = kwargs.get("warmup_epochs", 0.0)
@@ -239,6 +245,10 @@ def make_schedule(name: str, base_lr: float, steps_per_epoch: int,
         return tf.keras.optimizers.schedules.CosineDecay(
             warmup_start_lr, total - warmup, warmup_target=base_lr, warmup_steps=warmup)
     boundaries, decay, _ = REGIMES[name]
+    scale = kwargs.get("epoch_scale", 1.0)
+    if scale <= 0:
+        raise ValueError(f"epoch_scale must be positive, got {scale}.")
+    boundaries = [b * scale for b in boundaries]
     return PiecewiseConstantWithWarmup(base_lr, boundaries, steps_per_epoch, decay=decay,
                                        warmup_epochs=warmup_epochs,
                                        warmup_start_lr=warmup_start_lr, name=name)

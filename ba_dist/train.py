@@ -97,7 +97,7 @@ def main(cfg, workdir: str) -> int:
     manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
     meta = None
     if cfg.train.resume and topo.is_chief:
-        meta = manager.restore_latest(ckpt, fallback=True)
+        meta = manager.restore_latest(ckpt, fallback=cfg.train.resume_fallback)
     meta = ctx.world_comm.bcast(meta, root=0)
     hvd.broadcast_variables(net.variables + opt.variables(), root_rank=0)
     start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
@@ -144,6 +144,9 @@ def main(cfg, workdir: str) -> int:
                cb.ThroughputCallback(state, skipped_total)]
         if topo.is_chief:
             cbs.append(cb.MetricsLogger(wd, state, lambda: schedule(inner_opt.iterations)))
+            if cfg.train.grad_stats_every > 0:
+                from ba_dist.analysis.gradstats import GradStatsLogger
+                cbs.append(GradStatsLogger(wd, every=cfg.train.grad_stats_every, world_size=topo.world_size))
         cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
                 cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
         # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
@@ -238,10 +241,14 @@ def _main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ba_dist.data.sources import DataSourceError
     try:
         code = main(FLAGS.config, FLAGS.workdir)
     except config_lib.ConfigError as e:
         print(f"[ba-train] config error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except DataSourceError as e:  # missing/empty/unprepared dataset: same verdict on every rank
+        print(f"[ba-train] data error: {e}", file=sys.stderr, flush=True)
         code = 2
     sys.stdout.flush()
     sys.stderr.flush()

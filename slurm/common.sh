@@ -164,7 +164,7 @@ ba_check_env() {
   fi
   CONFIG_FILE="${BA_CONFIG:-$CONFIG}"
   [[ "$CONFIG_FILE" == /* ]] || CONFIG_FILE="$BA_ROOT/$CONFIG_FILE"
-  [[ -f "$CONFIG_FILE" ]] || ba_die "config file $CONFIG_FILE does not exist (BA_CONFIG, relative to $BA_ROOT)"
+  [[ -f "${CONFIG_FILE%%:*}" ]] || ba_die "config file ${CONFIG_FILE%%:*} does not exist (BA_CONFIG, relative to $BA_ROOT; path[:variant])"
   if [[ -z "${BA_TRAIN:-}" ]]; then   # BA_TRAIN: the command as the launch sees it (e.g. in a container)
     BA_VENV="${BA_VENV:-$BA_ROOT/.venv}"
     BA_TRAIN="$BA_VENV/bin/ba-train"

@@ -72,4 +72,8 @@ def test_group_subcommunicator_broadcast(ctx):
 def test_init_is_idempotent_and_rejects_a_different_layout(ctx):
     assert dist.init(m_ranks=M_RANKS, m_local=M_LOCAL) is ctx
     with pytest.raises(dist.TopologyError, match="already called"):
-        dist.init(m_ranks=M_RANKS, m_local=M_LOCAL + 1)
+        dist.init(m_ranks=2 * M_RANKS, m_local=M_LOCAL)
+    # m_local is rank-local: a new value keeps the communicators
+    other = dist.init(m_ranks=M_RANKS, m_local=M_LOCAL + 1)
+    assert other.topology.m_local == M_LOCAL + 1 and other.process_set is ctx.process_set
+    assert dist.init(m_ranks=M_RANKS, m_local=M_LOCAL).topology == ctx.topology

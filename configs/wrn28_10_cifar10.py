@@ -1,0 +1,33 @@
+"""Wide-ResNet-28-10 on CIFAR-10: Table 2 (M = 6).
+
+Zagoruyko & Komodakis' regime: B = 128, LR 0.1 x0.2 at epochs 60, 120 and 160 of
+200, weight decay 5e-4, Nesterov momentum 0.9, pad-4 crop + flip, no dropout.
+50000 // 128 = 390 steps per epoch x 200 epochs = 78k steps in all three:
+
+    fixed_steps    B 128 unique x M 1                  200 epochs   1 rank x 128
+    fixed_samples  B 768 unique x M 1                  1200 epochs  8 ranks x 96
+    ba             B 128 unique x M 6 = 768 per step   200 epochs   8 ranks x (3 copies x 32), groups of 2
+
+Launch (CIFAR-10 prepared once with `tfds build cifar10`, see docs/reproduce.md):
+    launch/local.sh 8 ba-train --config configs/wrn28_10_cifar10.py:ba --workdir workdirs/wrn28_10_cifar10/ba
+    launch/local.sh 1 ba-train --config configs/wrn28_10_cifar10.py:fixed_steps --workdir workdirs/wrn28_10_cifar10/fixed_steps
+    launch/local.sh 8 ba-train --config configs/wrn28_10_cifar10.py:fixed_samples --workdir workdirs/wrn28_10_cifar10/fixed_samples
+or all three and the comparison table:
+    ba-experiment --config configs/wrn28_10_cifar10.py --workdir workdirs/wrn28_10_cifar10
+
+Paper, validation top-1: fixed #steps 96.60%, fixed #samples 96.60%, BA 97.15%.
+"""
+from ba_dist import paper
+
+
+def get_config(arg=None):
+    c = paper.cifar_config("cifar10")
+    c.model.name = "wrn28_10"
+    c.input.augment = "cifar"
+    c.input.batch_size = 128           # B unique
+    c.optim.base_lr = 0.1
+    c.optim.regime = "cifar_wrn"
+    c.optim.weight_decay = 5e-4
+    c.optim.nesterov = True
+    c.train.epochs = 200
+    return paper.variant(c, arg, paper.TABLE2["wrn28_10_cifar10"])
