@@ -27,6 +27,7 @@ setup(
         "scikit-learn",  # ships the embedded UCI digits (no download)
         "pillow",
         "matplotlib",
+        "sacrebleu",  # BLEU for the Transformer (ba-eval-seq)
         # Horovod itself is compiled by scripts/bootstrap.sh (needs TF first).
         "cloudpickle", "psutil", "pyyaml", "packaging", "cffi",
     ],
@@ -42,6 +43,10 @@ setup(
             "ba-analyze=ba_dist.analysis.cli:run",
             "ba-bench=ba_dist.analysis.cli:bench",
             "ba-plot=ba_dist.plot:run",
+            "ba-eval=ba_dist.evaluate:run",
+            "ba-experiment=ba_dist.experiment:run",
+            "ba-train-seq=ba_dist.seq.train:run",
+            "ba-eval-seq=ba_dist.seq.evaluate:run",
         ],
     },
 )
