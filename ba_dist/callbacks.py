@@ -23,7 +23,7 @@ import tensorflow as tf
 
 __all__ = ["REQUEUE_EXIT_CODE", "StopRequested", "TrainState", "EvalCallback", "ThroughputCallback",
            "MetricsLogger", "CheckpointCallback", "StopControl",
-           "catch_stop_signals_early"]
+           "catch_stop_signals_early", "metric_average", "numeric_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,23 @@ class MetricsLogger(tf.keras.callbacks.Callback):
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     tf.summary.scalar(k, v)
         self.writer.flush()
+
+
+def metric_average() -> tf.keras.callbacks.Callback:
+    """Horovod's average of the epoch's train metrics over ranks (equal local batches: exact)."""
+    import horovod.tensorflow.keras as hvd_keras
+    return hvd_keras.callbacks.MetricAverageCallback()
+
+
+def numeric_logs(logs) -> dict:
+    """The numeric entries of Keras logs as floats (for checkpoint metadata)."""
+    out = {}
+    for k, v in (logs or {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    return out
 
 
 def _plain(v):

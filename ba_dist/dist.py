@@ -37,6 +37,7 @@ __all__ = [
     "make_topology",
     "world_rank_and_size",
     "init",
+    "init_for_layout",
     "context",
     "abort",
 ]
@@ -270,6 +271,21 @@ def init(m_ranks: int = 1, m_local: int = 1, *, pin_gpu: bool = True,
         group_comm = world.Split(color=topo.group_id, key=rank)
         _CONTEXT = Context(topo, hvd, process_set, group_comm, world)
         return _CONTEXT
+
+
+def init_for_layout(layout, *, deterministic: bool = False, seed: int = 0, **kwargs) -> Context:
+    """:func:`init` for a trainer's batch layout (anything with ``m_ranks`` and ``m_local``).
+
+    With ``deterministic``, also seeds Python/NumPy/TF from ``seed`` and turns on
+    TensorFlow's op determinism (bitwise-reproducible runs on CPU).
+    """
+    validate_topology(layout.world_size, layout.m_ranks, layout.m_local)
+    ctx = init(m_ranks=layout.m_ranks, m_local=layout.m_local, **kwargs)
+    if deterministic:
+        import tensorflow as tf
+        tf.keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+    return ctx
 
 
 def context() -> Context:

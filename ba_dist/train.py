@@ -42,15 +42,11 @@ def main(cfg, workdir: str) -> int:
     from ba_dist import dist
     rank, world = dist.world_rank_and_size()
     lay = config_lib.layout(cfg, world)
-    dist.validate_topology(world, lay.m_ranks, lay.m_local)
 
     # ---- 2. distribution
-    ctx = dist.init(m_ranks=lay.m_ranks, m_local=lay.m_local)
+    ctx = dist.init_for_layout(lay, deterministic=cfg.train.deterministic, seed=cfg.seed)
     topo, hvd = ctx.topology, ctx.hvd
     import tensorflow as tf
-    if cfg.train.deterministic:
-        tf.keras.utils.set_random_seed(cfg.seed)
-        tf.config.experimental.enable_op_determinism()
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     from ba_dist import optim, trainer
@@ -115,7 +111,7 @@ def main(cfg, workdir: str) -> int:
         last_saved["step"] = state.global_step
         if topo.is_chief:
             info = dict(state.position(), seed=cfg.seed, layout=lay.__dict__,
-                        metrics={k: float(v) for k, v in (logs or {}).items() if _is_number(v)})
+                        metrics=cb.numeric_logs(logs))
             path = manager.save(ckpt, info, metric)
             _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
 
@@ -139,7 +135,7 @@ def main(cfg, workdir: str) -> int:
         ds = pipeline.make_train_dataset(loader, spec, topo, train_src.num_classes, train_src.image_shape)
         state.epoch_offset = offset
         cbs = [cb._StateTracker(state),
-               hvd_keras_metric_average(),
+               cb.metric_average(),
                cb.EvalCallback(state, evaluate, cfg.train.eval_every, cfg.train.epochs),
                cb.ThroughputCallback(state, skipped_total)]
         if topo.is_chief:
@@ -204,16 +200,22 @@ def build_net(cfg, train_src, spec):
     """The network for the config; its input shape is what the augmentation outputs."""
     from ba_dist import models
     from ba_dist.data import pipeline
-    in_shape = pipeline.output_shape(spec.augment, train_src.load(0))
+    in_shape = pipeline.output_shape(spec.augment, _first_loadable(train_src))
     net = models.build_model(cfg.model.name, train_src.num_classes, in_shape, bn=cfg.model.bn,
                              ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
     return net, in_shape
 
 
-def hvd_keras_metric_average():
-    # Averages the epoch's train metrics over ranks (equal local batches, so exact).
-    import horovod.tensorflow.keras as hvd_keras
-    return hvd_keras.callbacks.MetricAverageCallback()
+def _first_loadable(src, tries: int = 100):
+    """A sample to size the network's input with: a corrupt sample 0 must not stop an on_corrupt='skip' run."""
+    from ba_dist.data.sources import CorruptSampleError, DataSourceError
+    errors = []
+    for i in range(min(len(src), tries)):
+        try:
+            return src.load(i)
+        except CorruptSampleError as e:
+            errors.append(str(e))
+    raise DataSourceError(f"none of the first {len(errors)} training samples loads: {'; '.join(errors[:3])} ...")
 
 
 def _schedule_kwargs(cfg) -> dict:
@@ -225,14 +227,6 @@ def _schedule_kwargs(cfg) -> dict:
     if cfg.optim.regime_scale != 1:
         kw["epoch_scale"] = cfg.optim.regime_scale
     return kw
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _main(argv):

@@ -14,21 +14,7 @@ import tensorflow as tf
 
 from ba_dist.callbacks import MetricsLogger, TrainState
 
-__all__ = ["metric_average", "is_number", "ResetStreams", "TokenThroughput", "SeqMetricsLogger"]
-
-
-def metric_average():
-    """Horovod's average of the epoch's train metrics over ranks (before anything reads them)."""
-    import horovod.tensorflow.keras as hvd_keras
-    return hvd_keras.callbacks.MetricAverageCallback()
-
-
-def is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
+__all__ = ["ResetStreams", "TokenThroughput", "SeqMetricsLogger"]
 
 
 class ResetStreams(tf.keras.callbacks.Callback):

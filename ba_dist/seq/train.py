@@ -95,15 +95,11 @@ def main(cfg, workdir: str) -> int:
     from ba_dist import dist
     rank, world = dist.world_rank_and_size()
     lay = seq_config.layout(cfg, world)
-    dist.validate_topology(world, lay.m_ranks, lay.m_local)
 
     # ---- 2. distribution
-    ctx = dist.init(m_ranks=lay.m_ranks, m_local=lay.m_local)
+    ctx = dist.init_for_layout(lay, deterministic=cfg.train.deterministic, seed=cfg.seed)
     topo, hvd = ctx.topology, ctx.hvd
     import tensorflow as tf
-    if cfg.train.deterministic:
-        tf.keras.utils.set_random_seed(cfg.seed)
-        tf.config.experimental.enable_op_determinism()
     from ba_dist import callbacks as cb
     from ba_dist.checkpoint import CheckpointManager
     from ba_dist.seq import batching, schedules
@@ -177,7 +173,7 @@ def main(cfg, workdir: str) -> int:
             # best = lowest validation perplexity (measured at every evaluation, BLEU is not)
             metric = -logs["val_ppl"] if "val_ppl" in logs else None
             info = dict(state.position(), seed=cfg.seed, layout=lay.__dict__,
-                        metrics={k: float(v) for k, v in logs.items() if seq_cb.is_number(v)})
+                        metrics=cb.numeric_logs(logs))
             path = manager.save(ckpt, info, metric)
             _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
 
@@ -191,7 +187,7 @@ def main(cfg, workdir: str) -> int:
         gen = lambda: batcher.iterate(first_epoch, offset, steps)  # noqa: E731
         ds = tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(cfg.input.prefetch)
         state.epoch_offset = offset
-        cbs = [cb._StateTracker(state), seq_cb.metric_average(), seq_cb.ResetStreams(model),
+        cbs = [cb._StateTracker(state), cb.metric_average(), seq_cb.ResetStreams(model),
                cb.EvalCallback(state, evaluate, cfg.train.eval_every, epochs),
                seq_cb.TokenThroughput(state, lay.multiplicity)]
         if topo.is_chief:
