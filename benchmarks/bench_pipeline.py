@@ -86,31 +86,61 @@ def bench_augment(n_jpegs: int = 48, ms=(1, 2, 4, 8)) -> None:
           "CIFAR: BA (M augs of one array) | CIFAR: per-copy pipeline | ratio |")
     print("|---|---|---|---|---|---|---|")
     seed0 = tf.constant([7, 0], tf.int64)
+
+    def seed(i, c):
+        return tf.random.experimental.stateless_fold_in(seed0, i * 16 + c)
+
+    raw_arrays = [a.tobytes() for a in arrays]
+    # Both sides of each comparison have the same structure (one element in,
+    # M augmented copies out, in one map function); only the decoding differs.
     for m in ms:
         def ba(j, i, m=m):
-            img = tf.io.decode_jpeg(j, channels=3)
-            return tf.stack([imagenet(img, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c))
+            img = tf.io.decode_jpeg(j, channels=3)  # once
+            return tf.stack([imagenet(img, seed(i, c)) for c in range(m)])
+
+        def obvious(j, i, m=m):
+            return tf.stack([aug.decode_and_crop_imagenet(j, seed(i, c)) for c in range(m)])  # M decodes
+
+        def cba(r, i, m=m):
+            x = tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3])
+            return tf.stack([cifar(x, seed(i, c)) for c in range(m)])
+
+        def cobvious(r, i, m=m):
+            return tf.stack([cifar(tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3]), seed(i, c))
                              for c in range(m)])
 
-        def obvious(j, i, c):
-            return aug.decode_and_crop_imagenet(j, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c))
-
-        ids = tf.range(len(jpegs), dtype=tf.int64)
-        src = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs), ids))
-        per_copy = src.flat_map(lambda j, i: tf.data.Dataset.from_tensors((j, i)).repeat(m)
-                                .enumerate().map(lambda c, e: (e[0], e[1], c)))
-        r_ba, r_ob, ratio = _compare(src.map(ba), m, per_copy.map(obvious), 1)
-
-        def cba(x, i, m=m):
-            return tf.stack([cifar(x, tf.random.experimental.stateless_fold_in(seed0, i * 16 + c)) for c in range(m)])
-
-        csrc = tf.data.Dataset.from_tensor_slices((arrays, tf.range(len(arrays), dtype=tf.int64)))
-        c_ba, c_ob, cratio = _compare(
-            csrc.map(cba), m,
-            csrc.flat_map(lambda x, i: tf.data.Dataset.from_tensors((x, i)).repeat(m))
-            .map(lambda x, i: cifar(x, tf.random.experimental.stateless_fold_in(seed0, i))), 1)
+        src = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs), tf.range(len(jpegs), dtype=tf.int64)))
+        r_ba, r_ob, ratio = _compare(src.map(ba), m, src.map(obvious), m)
+        csrc = tf.data.Dataset.from_tensor_slices((tf.constant(raw_arrays), tf.range(len(arrays), dtype=tf.int64)))
+        c_ba, c_ob, cratio = _compare(csrc.map(cba), m, csrc.map(cobvious), m)
         print(f"| {m} | {r_ba:.0f} | {r_ob:.0f} | {ratio:.2f}x | {c_ba:.0f} | {c_ob:.0f} | {cratio:.2f}x |",
               flush=True)
+    _profile(jpegs, imagenet, seed)
+
+
+def _profile(jpegs, imagenet, seed, n: int = 200) -> None:
+    """Per-image cost of each stage on one thread: what bounds the BA speed-up."""
+    j = tf.constant(jpegs[0])
+    img = tf.io.decode_jpeg(j, channels=3)
+    stages = {
+        "decode_jpeg (full image)": tf.function(lambda: tf.io.decode_jpeg(j, channels=3)),
+        "decode_and_crop_jpeg + resize + flip (one copy of path ii)":
+            tf.function(lambda: aug.decode_and_crop_imagenet(j, seed(0, 0))),
+        "crop + resize 224 + flip on decoded pixels (one BA copy)": tf.function(lambda: imagenet(img, seed(0, 0))),
+    }
+    cost = {}
+    for name, fn in stages.items():
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        cost[name] = (time.perf_counter() - t0) / n * 1e3
+    print("\n| stage | ms per image (1 thread) |\n|---|---|")
+    for name, ms in cost.items():
+        print(f"| {name} | {ms:.2f} |")
+    d, dc, a = cost.values()
+    print("\nBound on the BA speed-up at M copies: (decode_and_crop + its resize) / (decode / M + resize) = "
+          + ", ".join(f"M={m}: {dc / (d / m + a):.2f}x" for m in (1, 2, 4, 8)), flush=True)
 
 
 def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
