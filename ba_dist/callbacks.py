@@ -102,10 +102,14 @@ class ThroughputCallback(tf.keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.s0 = time.perf_counter(), self.state.step_in_epoch
+        self.t_last = self.t0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.t_last = time.perf_counter()  # training time only: not the evaluation after the last step
 
     def on_epoch_end(self, epoch, logs=None):
         steps = (self.state.step_in_epoch or self.state.steps_per_epoch) - self.s0
-        dt = max(time.perf_counter() - self.t0, 1e-9)
+        dt = max(self.t_last - self.t0, 1e-9)
         if logs is not None:
             logs["images_per_sec"] = steps * self.state.global_batch / dt          # augmented copies
             logs["unique_images_per_sec"] = steps * self.state.unique_batch / dt

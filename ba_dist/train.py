@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 
 log = logging.getLogger("ba_dist")
+# Stop signals that arrived before callbacks.catch_stop_signals_early took over (see run()).
+_EARLY_SIGNALS: list[int] = []
 
 
 def _say(topo_rank: int, msg: str) -> None:
@@ -37,6 +40,7 @@ def _say(topo_rank: int, msg: str) -> None:
 def main(cfg, workdir: str) -> int:
     from ba_dist import callbacks as cb
     cb.catch_stop_signals_early()
+    cb.EARLY_SIGNALS.extend(_EARLY_SIGNALS)
     # ---- 1. config and layout: pure checks, identical verdict on every rank
     config_lib.validate(cfg)
     from ba_dist import dist
@@ -82,7 +86,9 @@ def main(cfg, workdir: str) -> int:
     compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
     model = trainer.BATrainModel(net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
                                  cfg.optim.label_smoothing, compression)
-    model.compile(optimizer=opt, jit_compile=bool(cfg.train.xla))
+    model.compile(optimizer=opt)
+    if cfg.train.xla:
+        model.enable_xla()
     _say(rank, f"model {cfg.model.name}: {net.count_params():,} parameters, bn '{cfg.model.bn}', "
                f"lr {base_lr:g} ({cfg.optim.regime}, scaling {cfg.optim.lr_scaling})")
 
@@ -251,6 +257,10 @@ def _main(argv):
 
 def run():
     """Console-script entry point."""
+    # Importing TensorFlow (in main) alone takes seconds, minutes from a busy parallel file
+    # system: from here on SIGTERM/SIGUSR1 are recorded and honoured at the first step.
+    for s in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, lambda signum, frame: _EARLY_SIGNALS.append(signum))
     try:
         app.run(_main)
     except (AttributeError, KeyError, TypeError, ValueError) as e:

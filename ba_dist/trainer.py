@@ -69,9 +69,8 @@ class BATrainModel(tf.keras.Model):
     def call(self, x, training=False):
         return self.net(x, training=training)
 
-    def train_step(self, data):
-        x, y = data
-        tvars = self.net.trainable_variables
+    def local_gradients(self, x, y):
+        """Forward and backward on this rank's batch: (logits, loss, local gradients)."""
         opt = self.optimizer
         mixed = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
@@ -81,7 +80,22 @@ class BATrainModel(tf.keras.Model):
             if self.decayed:
                 total += optim.l2_regularization_loss(self.decayed, self.weight_decay)
             scaled = opt.get_scaled_loss(total) if mixed else total
-        local = tape.gradient(scaled, tvars)
+        return logits, loss, tape.gradient(scaled, self.net.trainable_variables)
+
+    def enable_xla(self) -> None:
+        """XLA-compile the forward/backward pass only.
+
+        Horovod's collectives have no XLA kernels, so compiling the whole step
+        (``compile(jit_compile=True)``) fails; the allreduce stays outside.
+        """
+        self.local_gradients = tf.function(self.local_gradients, jit_compile=True)
+
+    def train_step(self, data):
+        x, y = data
+        tvars = self.net.trainable_variables
+        opt = self.optimizer
+        mixed = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
+        logits, loss, local = self.local_gradients(x, y)
         # Horovod: average over all ranks, as hvd.DistributedGradientTape would
         # (same compression; scaled gradients travel, so fp16 cannot underflow).
         grads = self._allreduce_mean(local)

@@ -58,3 +58,14 @@ def test_bad_config_is_a_clear_error(override, msg, tmp_path):
     res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path), override], timeout=120, env=rank_env())
     assert res.returncode != 0
     assert msg in res.stdout, res.stdout[-3000:]
+
+
+def test_xla_and_mixed_precision_switches(tmp_path):
+    """train.xla compiles the forward/backward (Horovod ops stay outside); train.mixed_precision
+    runs float16 compute with loss scaling."""
+    res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path), "--config.ba.m_ranks=1", "--config.train.max_steps=6",
+                                  "--config.train.epochs=1", "--config.train.xla=True",
+                                  "--config.train.mixed_precision=True"], timeout=300, env=rank_env())
+    assert res.returncode == 0, res.stdout[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["global_step"] == 6 and 0 <= result["val_top1"] <= 1
