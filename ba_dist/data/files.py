@@ -21,6 +21,7 @@ import glob
 import logging
 import os
 import re
+import stat
 import struct
 import threading
 from typing import Optional, Sequence
@@ -277,7 +278,10 @@ class ImageFolderSource(Source):
     def read(self, index: int) -> bytes:
         path = self.path(index)
         try:
-            with open(path, "rb") as f:
+            # O_NONBLOCK: a FIFO named *.jpg would otherwise block the reader (and its group) forever
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise CorruptSampleError(path, "not a regular file (a FIFO, socket or device)")
                 return f.read()
         except OSError as e:
             raise CorruptSampleError(path, f"cannot read: {e.strerror or e}") from None

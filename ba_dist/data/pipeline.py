@@ -217,9 +217,19 @@ class GroupLoader:
             log.warning("skipped %d corrupt sample(s) at epoch %d step %d: %s", len(bad), epoch, step, "; ".join(where))
         return ids, labels, items
 
+    def _label(self, i):
+        # A source that reads the label from the record (TFRecord, tfds) can
+        # fail here: that sample is corrupt like one that does not decode.
+        try:
+            return self.source.label(int(i))
+        except CorruptSampleError as e:
+            return e
+
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
         """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
-        labels = np.array([self.source.label(int(i)) for i in ids], np.int64)
+        got = [self._label(i) for i in ids]
+        bad_labels = {k: e for k, e in enumerate(got) if isinstance(e, CorruptSampleError)}
+        labels = np.array([-1 if k in bad_labels else y for k, y in enumerate(got)], np.int64)
         mode = self.spec.broadcast if self.comm is not None else "none"
         count = len(ids)
         if mode == "none" or self.topo.is_reader:
@@ -232,6 +242,8 @@ class GroupLoader:
                 ids, labels, payloads = broadcast.bcast_encoded(self.comm, count)
         if mode in ("none", "encoded") or self.topo.is_reader:
             items = list(self._pool.map(self._decode, payloads, ids))
+            for k, e in bad_labels.items():  # same ids on every rank: same verdict
+                items[k] = e
         if mode == "decoded":
             if self.topo.is_reader:
                 before = self.skipped
