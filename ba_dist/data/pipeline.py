@@ -227,12 +227,13 @@ class GroupLoader:
 
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
         """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
-        got = [self._label(i) for i in ids]
-        bad_labels = {k: e for k, e in enumerate(got) if isinstance(e, CorruptSampleError)}
-        labels = np.array([-1 if k in bad_labels else y for k, y in enumerate(got)], np.int64)
         mode = self.spec.broadcast if self.comm is not None else "none"
         count = len(ids)
-        if mode == "none" or self.topo.is_reader:
+        reads = mode == "none" or self.topo.is_reader
+        if reads:
+            # Only ranks that read look at labels: a TFRecord label means reading the record.
+            got = [self._label(i) for i in ids]
+            labels = np.array([-1 if isinstance(y, CorruptSampleError) else y for y in got], np.int64)
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
             if self.topo.is_reader:
@@ -242,8 +243,8 @@ class GroupLoader:
                 ids, labels, payloads = broadcast.bcast_encoded(self.comm, count)
         if mode in ("none", "encoded") or self.topo.is_reader:
             items = list(self._pool.map(self._decode, payloads, ids))
-            for k, e in bad_labels.items():  # same ids on every rank: same verdict
-                items[k] = e
+            for k in np.flatnonzero(labels < 0):  # a bad label (-1 on the wire too): same verdict everywhere
+                items[k] = got[k] if reads else CorruptSampleError(self.source.describe(int(ids[k])), "bad label")
         if mode == "decoded":
             if self.topo.is_reader:
                 before = self.skipped

@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.deterministic = False
     c.train.verbose = 2
     c.train.resume = True
+    c.train.resume_fallback = True       # newest checkpoint unloadable: resume from the previous one (False: stop)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.beam_size = 4                 # paper appendix C.3

@@ -90,6 +90,8 @@ def evaluate_split(cfg, net, vocab, splits, split: str, ctx, workdir: Path, bleu
 
 
 def main(cfg, workdir: str) -> int:
+    from ba_dist import callbacks as cb
+    cb.catch_stop_signals_early()  # a stop signal during start-up is honoured after the first step
     # ---- 1. config and layout: pure checks, identical verdict on every rank
     seq_config.validate(cfg)
     from ba_dist import dist
@@ -152,7 +154,8 @@ def main(cfg, workdir: str) -> int:
     opt._create_all_weights(net.trainable_variables)
     ckpt = tf.train.Checkpoint(net=net, optimizer=opt)
     manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
-    meta = manager.restore_latest(ckpt, fallback=True) if cfg.train.resume and topo.is_chief else None
+    meta = (manager.restore_latest(ckpt, fallback=cfg.train.resume_fallback)
+            if cfg.train.resume and topo.is_chief else None)
     meta = ctx.world_comm.bcast(meta, root=0)
     hvd.broadcast_variables(net.variables + opt.variables(), root_rank=0)
     start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
