@@ -362,17 +362,28 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
     Elements follow the loader's steps one to one, so ``steps_per_epoch``
     batches make one epoch on every rank.
     """
-    channels = image_shape[-1] if image_shape else 3
-    hw = tuple(image_shape[:2]) if image_shape else (None, None)
+    scalar = tf.TensorSpec([], tf.int64)
+    if image_shape is not None:
+        # Fixed-size images cross from Python to tf.data one step at a time
+        # (b images per call): the per-element cost of from_generator would
+        # otherwise be paid b times per step, under the GIL, beside training.
+        b = spec.per_rank_unique
 
-    def per_image():
-        for epoch, step, ids, labels, items in loader:
-            for i, label, img in zip(ids, labels, items):
-                yield img, label, i, epoch, step
+        def per_step():
+            for epoch, step, ids, labels, items in loader:
+                yield np.stack(items), labels, ids, np.full(b, epoch), np.full(b, step)
 
-    sig = (tf.TensorSpec(hw + (channels,), tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
-           tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
-    elements = tf.data.Dataset.from_generator(per_image, output_signature=sig)
+        vec = tf.TensorSpec([b], tf.int64)
+        sig = (tf.TensorSpec((b,) + tuple(image_shape), tf.uint8), vec, vec, vec, vec)
+        elements = tf.data.Dataset.from_generator(per_step, output_signature=sig).unbatch()
+    else:  # images of different sizes (e.g. ImageNet JPEGs): one element per image
+        def per_image():
+            for epoch, step, ids, labels, items in loader:
+                for i, label, img in zip(ids, labels, items):
+                    yield img, label, i, epoch, step
+
+        sig = (tf.TensorSpec([None, None, 3], tf.uint8), scalar, scalar, scalar, scalar)
+        elements = tf.data.Dataset.from_generator(per_image, output_signature=sig)
     return ba_batches(elements, aug.get_augment(spec.augment), spec, topology.rank, num_classes)
 
 
