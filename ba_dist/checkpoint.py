@@ -26,7 +26,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-__all__ = ["CheckpointError", "CheckpointManager"]
+__all__ = ["CheckpointError", "CheckpointManager", "restore_for_all_ranks"]
 
 log = logging.getLogger(__name__)
 _PREFIX = "ckpt-"
@@ -166,3 +166,17 @@ class CheckpointManager:
         if errors:
             raise CheckpointError("no loadable checkpoint: " + " | ".join(errors))
         return None
+
+
+def restore_for_all_ranks(manager: CheckpointManager, checkpoint: tf.train.Checkpoint, ctx, variables,
+                          resume: bool = True, fallback: bool = True) -> Optional[dict]:
+    """Rank 0 restores the newest loadable checkpoint; every rank gets the state by broadcast.
+
+    Also the initial broadcast of a fresh run: every rank starts from rank 0's
+    ``variables``, so only rank 0 needs to see the checkpoint directory.
+    Returns the checkpoint's meta (with ``path``) or None for a fresh start.
+    """
+    meta = manager.restore_latest(checkpoint, fallback=fallback) if resume and ctx.topology.is_chief else None
+    meta = ctx.world_comm.bcast(meta, root=0)
+    ctx.hvd.broadcast_variables(variables, root_rank=0)
+    return meta

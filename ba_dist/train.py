@@ -54,7 +54,7 @@ def main(cfg, workdir: str) -> int:
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     from ba_dist import optim, trainer
-    from ba_dist.checkpoint import CheckpointManager
+    from ba_dist.checkpoint import CheckpointManager, restore_for_all_ranks
     from ba_dist.data import pipeline, sources
     from ba_dist.data.sampler import GroupSampler
 
@@ -97,11 +97,8 @@ def main(cfg, workdir: str) -> int:
     inner_opt._create_all_weights(net.trainable_variables)
     ckpt = tf.train.Checkpoint(net=net, optimizer=opt)
     manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
-    meta = None
-    if cfg.train.resume and topo.is_chief:
-        meta = manager.restore_latest(ckpt, fallback=cfg.train.resume_fallback)
-    meta = ctx.world_comm.bcast(meta, root=0)
-    hvd.broadcast_variables(net.variables + opt.variables(), root_rank=0)
+    meta = restore_for_all_ranks(manager, ckpt, ctx, net.variables + opt.variables(),
+                                 resume=cfg.train.resume, fallback=cfg.train.resume_fallback)
     start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
     if meta:
         _say(rank, f"resumed from {meta['path']} at epoch {start_epoch} step {start_step}")
