@@ -105,23 +105,25 @@ def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
     return per[:, 0].copy(), per[:, 1].copy(), out, int(header[3])
 
 
-def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
-                  payloads: Optional[Sequence[bytes]] = None):
+def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None,
+                  payloads: Optional[Sequence[Optional[bytes]]] = None):
     """Broadcast ``count`` encoded payloads (file bytes) from the reader.
 
-    A payload of ``None`` on the reader means "could not be read"; it arrives
-    as ``None`` everywhere so every rank applies the same substitution.
+    The reader passes ``ids`` and ``payloads``; the others receive
+    ``(ids, payloads)`` and decode (and label) the samples themselves. A
+    payload of ``None`` on the reader means "could not be read"; it arrives as
+    ``None`` everywhere so every rank applies the same substitution.
     """
     if comm.Get_rank() == 0:
         header = np.zeros(_header_size(count), np.int64)
         per = header[_FIXED:].reshape(count, _PER_SAMPLE)
-        per[:, 0], per[:, 1] = ids, labels
+        per[:, 0] = ids
         per[:, 2] = [-1 if p is None else len(p) for p in payloads]
-        blob = b"".join(p for p in payloads if p is not None)
+        blob = bytearray().join(p for p in payloads if p is not None)  # writable, for Bcast
         header[1], header[2] = count, len(blob)
         comm.Bcast(header, root=0)
-        comm.Bcast(np.frombuffer(blob, np.uint8).copy() if blob else np.empty(0, np.uint8), root=0)
-        return ids, labels, list(payloads)
+        comm.Bcast(np.frombuffer(blob, np.uint8), root=0)
+        return ids, list(payloads)
     header = _recv_header(comm, count)
     per = header[_FIXED:].reshape(count, _PER_SAMPLE)
     blob = np.empty(int(header[2]), np.uint8)
@@ -133,4 +135,4 @@ def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
             continue
         out.append(raw[offset:offset + int(n)])
         offset += int(n)
-    return per[:, 0].copy(), per[:, 1].copy(), out
+    return per[:, 0].copy(), out

@@ -229,22 +229,21 @@ class GroupLoader:
         """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
         mode = self.spec.broadcast if self.comm is not None else "none"
         count = len(ids)
-        reads = mode == "none" or self.topo.is_reader
-        if reads:
-            # Only ranks that read look at labels: a TFRecord label means reading the record.
-            got = [self._label(i) for i in ids]
-            labels = np.array([-1 if isinstance(y, CorruptSampleError) else y for y in got], np.int64)
+        if mode == "none" or self.topo.is_reader:
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
             if self.topo.is_reader:
                 payloads = [None if isinstance(p, Exception) else p for p in payloads]
-                broadcast.bcast_encoded(self.comm, count, ids, labels, payloads)
+                broadcast.bcast_encoded(self.comm, count, ids, payloads)
             else:
-                ids, labels, payloads = broadcast.bcast_encoded(self.comm, count)
+                ids, payloads = broadcast.bcast_encoded(self.comm, count)
         if mode in ("none", "encoded") or self.topo.is_reader:
             items = list(self._pool.map(self._decode, payloads, ids))
-            for k in np.flatnonzero(labels < 0):  # a bad label (-1 on the wire too): same verdict everywhere
-                items[k] = got[k] if reads else CorruptSampleError(self.source.describe(int(ids[k])), "bad label")
+            # Labels after decoding: a source that keeps the label inside the
+            # record (TFRecord) has parsed it by now, so this reads nothing again.
+            got = [it if isinstance(it, Exception) else self._label(i) for i, it in zip(ids, items)]
+            labels = np.array([-1 if isinstance(y, Exception) else y for y in got], np.int64)
+            items = [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
         if mode == "decoded":
             if self.topo.is_reader:
                 before = self.skipped
