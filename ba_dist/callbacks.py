@@ -134,11 +134,11 @@ class MetricsLogger(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
-        row = {"epoch": epoch + (0 if self.state.step_in_epoch == 0 else self.state.step_in_epoch / self.state.steps_per_epoch),
+        # epochs completed, fractional after a mid-epoch stop
+        epochs_done = self.state.global_step / self.state.steps_per_epoch
+        row = {"epoch": int(epochs_done) if self.state.step_in_epoch == 0 else epochs_done,
                "step": self.state.global_step, "lr": float(self.lr_fn()),
                "train_loss": logs.get("loss"), "train_top1": logs.get("top1")}
-        if self.state.step_in_epoch == 0:
-            row["epoch"] = epoch + 1  # epochs completed
         for k in self.FIELDS:
             if k not in row:
                 row[k] = logs.get(k)

@@ -70,7 +70,6 @@ def main(cfg, workdir: str) -> int:
     spec = make_spec(cfg, lay, train_src)
     sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
     spe = sampler.steps_per_epoch
-    total_steps = cfg.train.epochs * spe
     net, in_shape = build_net(cfg, train_src, spec)
     _say(rank, f"data: {train_src.name} train {len(train_src)} / eval {len(eval_src)} samples, "
                f"{spe} steps per epoch x {cfg.train.epochs} epochs, augment '{spec.augment}', "

@@ -48,6 +48,7 @@ __all__ = [
     "GroupLoader",
     "make_train_dataset",
     "ba_batches",
+    "loader_elements",
     "make_eval_dataset",
     "output_shape",
     "BROADCAST_MODES",
@@ -306,7 +307,14 @@ class GroupLoader:
             self._thread = threading.Thread(target=self._run, name="ba-group-loader", daemon=True)
             self._thread.start()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                # after stop() the producer drops its items: a consumer still
+                # waiting (e.g. tf.data prefetching ahead) must end, not block
+                if self._stop.is_set() and not self._thread.is_alive():
+                    return
+                continue
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -361,12 +369,18 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
     Elements follow the loader's steps one to one, so ``steps_per_epoch``
     batches make one epoch on every rank.
     """
-    scalar = tf.TensorSpec([], tf.int64)
+    return ba_batches(loader_elements(loader, spec.per_rank_unique, image_shape),
+                      aug.get_augment(spec.augment), spec, topology.rank, num_classes)
+
+
+def loader_elements(loader: GroupLoader, per_rank_unique: int,
+                    image_shape: Optional[tuple] = None) -> tf.data.Dataset:
+    """A loader's steps as tf.data elements ``(image, label, id, epoch, step)``, one per unique sample."""
     if image_shape is not None:
         # Fixed-size images cross from Python to tf.data one step at a time
         # (b images per call): the per-element cost of from_generator would
         # otherwise be paid b times per step, under the GIL, beside training.
-        b = spec.per_rank_unique
+        b = per_rank_unique
 
         def per_step():
             for epoch, step, ids, labels, items in loader:
@@ -374,16 +388,16 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
 
         vec = tf.TensorSpec([b], tf.int64)
         sig = (tf.TensorSpec((b,) + tuple(image_shape), tf.uint8), vec, vec, vec, vec)
-        elements = tf.data.Dataset.from_generator(per_step, output_signature=sig).unbatch()
-    else:  # images of different sizes (e.g. ImageNet JPEGs): one element per image
-        def per_image():
-            for epoch, step, ids, labels, items in loader:
-                for i, label, img in zip(ids, labels, items):
-                    yield img, label, i, epoch, step
+        return tf.data.Dataset.from_generator(per_step, output_signature=sig).unbatch()
 
-        sig = (tf.TensorSpec([None, None, 3], tf.uint8), scalar, scalar, scalar, scalar)
-        elements = tf.data.Dataset.from_generator(per_image, output_signature=sig)
-    return ba_batches(elements, aug.get_augment(spec.augment), spec, topology.rank, num_classes)
+    def per_image():  # images of different sizes (e.g. ImageNet JPEGs): one element per image
+        for epoch, step, ids, labels, items in loader:
+            for i, label, img in zip(ids, labels, items):
+                yield img, label, i, epoch, step
+
+    scalar = tf.TensorSpec([], tf.int64)
+    sig = (tf.TensorSpec([None, None, None], tf.uint8), scalar, scalar, scalar, scalar)
+    return tf.data.Dataset.from_generator(per_image, output_signature=sig)
 
 
 def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,

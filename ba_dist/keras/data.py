@@ -143,7 +143,7 @@ def ba_dataset(dataset: tf.data.Dataset, augment: Union[str, Callable], *, per_r
     def stream(audit: bool):
         if broadcast and t.m_ranks > 1:
             loader = _DatasetGroupLoader(raw, spe, spec, t, ctx.group_comm)
-            elements = _loader_elements(loader)
+            elements = pipeline.loader_elements(loader, b)
         else:
             loader = None
             elements = raw.enumerate().map(
@@ -154,13 +154,3 @@ def ba_dataset(dataset: tf.data.Dataset, augment: Union[str, Callable], *, per_r
     audit, _ = (stream(audit=True) if not (broadcast and t.m_ranks > 1) else (None, None))
     return BADataset(train, spe, b, t.m_local, audit, loader)
 
-
-def _loader_elements(loader: pipeline.GroupLoader) -> tf.data.Dataset:
-    def per_image():
-        for epoch, step, ids, labels, items in loader:
-            for i, label, img in zip(ids, labels, items):
-                yield img, label, i, epoch, step
-
-    sig = (tf.TensorSpec([None, None, None], tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
-           tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64))
-    return tf.data.Dataset.from_generator(per_image, output_signature=sig)

@@ -60,3 +60,21 @@ def test_user_script_groups_share_ids_and_train():
     assert all(g > 0 for g in h["grad_norm"]) and h["lr"][-1] == pytest.approx(0.1)
     # metrics were averaged: every rank holds the same numbers
     assert len({round(v, 6) for v in ctx.world_comm.allgather(h["loss"][-1])}) == 1
+
+
+def test_broadcast_dataset_only_the_reader_iterates():
+    """broadcast=True: the group's reader iterates the dataset and sends decoded images;
+    the group still sees the same samples (labels) with its own augmentations."""
+    ctx = ba.init(m_ranks=M_RANKS, m_local=M_LOCAL)
+    t = ctx.topology
+    data = ba.ba_dataset(_digits(), "digits", per_rank_unique=B, num_classes=10, seed=3, broadcast=True)
+    assert (data.audit is None) == (M_RANKS > 1)
+    it = iter(data.dataset)
+    x, y = (v.numpy() for v in next(it))
+    assert x.shape == (M_LOCAL * B, 8, 8, 1) and y.shape == (M_LOCAL * B, 10)
+    xs, ys = ctx.world_comm.allgather(x), ctx.world_comm.allgather(y)
+    for r in t.group_ranks:
+        np.testing.assert_array_equal(ys[r], y)
+        if r != t.rank:
+            assert not np.array_equal(xs[r], x)
+    data.stop()  # every rank, same step: the reader's end marker releases the group
