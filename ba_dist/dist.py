@@ -1,8 +1,18 @@
 """Distribution for ba_dist: MPI/Horovod start-up and the Batch Augmentation topology.
 
 This is the only module that talks to MPI and Horovod directly. Everything else
-asks it for a :class:`Topology` (pure arithmetic on rank and size) or a
-:class:`Context` (the topology plus the live communicators).
+asks it for a :class:`Topology` (pure arithmetic on rank and size) and
+communicates through the small collective API at the end of this module:
+
+    allreduce_mean(tensors)      gradients: average over all ranks (tf, graph-safe, grouped)
+    allreduce_sum(value)         sums over all ranks (tf in -> tf out; numbers -> numpy)
+    allreduce_max(x)             a host float, max over all ranks (timings)
+    broadcast_from_chief(vars)   rank 0's variables to every rank (restore, start)
+    broadcast_object(obj)        a picklable object from rank 0
+    gather_to_chief(obj)         every rank's object, as a list on rank 0
+    barrier()                    every rank waits for all
+    group_channel()              a private channel of the BA group (reader = root) for
+                                 the input pipeline's buffer broadcasts
 
 BA topology, for a world of ``N`` ranks and multiplicity ``M = m_ranks x m_local``::
 
@@ -29,6 +39,8 @@ import sys
 import threading
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 __all__ = [
     "TopologyError",
     "Topology",
@@ -40,6 +52,15 @@ __all__ = [
     "init_for_layout",
     "context",
     "abort",
+    "allreduce_mean",
+    "allreduce_sum",
+    "allreduce_max",
+    "broadcast_from_chief",
+    "broadcast_object",
+    "gather_to_chief",
+    "barrier",
+    "GroupChannel",
+    "group_channel",
 ]
 
 
@@ -141,21 +162,20 @@ def world_rank_and_size() -> tuple[int, int]:
 
 @dataclasses.dataclass
 class Context:
-    """A live BA topology: the :class:`Topology` plus Horovod and MPI handles.
+    """A live BA topology: the :class:`Topology` plus the handles this module uses.
+
+    Code outside this module uses ``topology`` and the collective functions
+    below, not the handles.
 
     Attributes:
       topology: the rank's place in the layout.
       hvd: the initialised ``horovod.tensorflow`` module.
-      process_set: Horovod process set of this rank's group (the global set if
-        the group is the whole world). Use it with ``horovod.tensorflow`` ops:
-        ``hvd.broadcast(t, root_rank=topology.reader_rank, process_set=ctx.process_set)``.
       group_comm: mpi4py sub-communicator of the group; the reader is rank 0 in it.
       world_comm: mpi4py ``COMM_WORLD``.
     """
 
     topology: Topology
     hvd: Any
-    process_set: Any
     group_comm: Any
     world_comm: Any
 
@@ -254,22 +274,14 @@ def init(m_ranks: int = 1, m_local: int = 1, *, pin_gpu: bool = True,
             _pin_gpu(local_rank)
 
         import horovod.tensorflow as hvd
-        # Groups are registered statically at init so every rank agrees on
-        # process-set ids. A group equal to the world is the global set.
-        group_sets = []
-        if 1 < m_ranks < size:
-            group_sets = [hvd.ProcessSet(list(g)) for g in topo.all_groups()]
-        hvd.init(comm=world, process_sets=group_sets or None)
+        # No Horovod process sets: the group's only collective is the input
+        # broadcast, which runs on an MPI sub-communicator (group_channel), and
+        # registering N / m_ranks sets at start-up (128 at 512 ranks) buys nothing.
+        hvd.init(comm=world)
         if (hvd.rank(), hvd.size()) != (rank, size):
             raise RuntimeError(f"Horovod sees rank {hvd.rank()}/{hvd.size()} but MPI sees {rank}/{size}")
-        if group_sets:
-            process_set = group_sets[topo.group_id]
-        elif m_ranks == size:
-            process_set = hvd.global_process_set
-        else:
-            process_set = None  # m_ranks == 1: a group of one needs no collective
         group_comm = world.Split(color=topo.group_id, key=rank)
-        _CONTEXT = Context(topo, hvd, process_set, group_comm, world)
+        _CONTEXT = Context(topo, hvd, group_comm, world)
         return _CONTEXT
 
 
@@ -294,3 +306,120 @@ def context() -> Context:
         raise RuntimeError("ba_dist.dist.init() has not been called in this process")
     return _CONTEXT
 
+
+
+# ---------------------------------------------------------------------------
+# The collective API. Every rank must make the same calls in the same order
+# (as with any collective); ``name`` keeps Horovod's tensor names unique.
+
+
+def allreduce_mean(tensors: Sequence[Any], *, name: Optional[str] = None, fp16: bool = False) -> list:
+    """Average of each tensor over all ranks, as one grouped allreduce.
+
+    Works eagerly and inside ``tf.function`` (the training step). ``None``
+    entries (variables without a gradient) stay ``None``; one rank returns the
+    tensors as they are.
+
+    Args:
+      tensors: tensors of any shapes (typically this rank's gradients).
+      name: prefix of Horovod's tensor names.
+      fp16: send as float16 (Horovod's fp16 compression), results cast back.
+    """
+    ctx = context()
+    out = list(tensors)
+    if ctx.size == 1:
+        return out
+    hvd = ctx.hvd
+    present = [i for i, t in enumerate(out) if t is not None]
+    compression = hvd.Compression.fp16 if fp16 else hvd.Compression.none
+    reduced = hvd.grouped_allreduce([out[i] for i in present], op=hvd.Average, compression=compression,
+                                    name=name)
+    for i, t in zip(present, reduced):
+        out[i] = t
+    return out
+
+
+def allreduce_sum(value: Any, *, name: Optional[str] = None) -> Any:
+    """Sum over all ranks.
+
+    A ``tf.Tensor`` comes back as a ``tf.Tensor`` (graph-safe); a Python
+    number or numpy array comes back as a float64 numpy array.
+    """
+    ctx = context()
+    import tensorflow as tf
+    if isinstance(value, (tf.Tensor, tf.Variable)):
+        return value if ctx.size == 1 else ctx.hvd.allreduce(value, op=ctx.hvd.Sum, name=name)
+    arr = np.asarray(value, np.float64)
+    if ctx.size == 1:
+        return arr
+    return ctx.hvd.allreduce(tf.constant(arr), op=ctx.hvd.Sum, name=name).numpy()
+
+
+def allreduce_max(value: float) -> float:
+    """Maximum of a host number over all ranks (e.g. the slowest rank's time)."""
+    ctx = context()
+    if ctx.size == 1:
+        return float(value)
+    from mpi4py import MPI
+    return float(ctx.world_comm.allreduce(float(value), op=MPI.MAX))
+
+
+def broadcast_from_chief(variables: Sequence[Any]) -> None:
+    """Overwrite ``variables`` on every rank with rank 0's values."""
+    ctx = context()
+    if ctx.size > 1 and variables:
+        ctx.hvd.broadcast_variables(list(variables), root_rank=0)
+
+
+def broadcast_object(obj: Any = None) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank; other ranks' arguments are ignored."""
+    ctx = context()
+    return obj if ctx.size == 1 else ctx.world_comm.bcast(obj, root=0)
+
+
+def gather_to_chief(obj: Any) -> Optional[list]:
+    """Every rank's ``obj`` as a list in rank order on rank 0; ``None`` elsewhere."""
+    ctx = context()
+    return [obj] if ctx.size == 1 else ctx.world_comm.gather(obj, root=0)
+
+
+def barrier() -> None:
+    """Return on every rank only once every rank has called it."""
+    ctx = context()
+    if ctx.size > 1:
+        ctx.world_comm.Barrier()
+
+
+class GroupChannel:
+    """A private broadcast channel of one BA group; the group's reader is the root.
+
+    Each channel is its own duplicate of the group communicator, so the
+    broadcasts of one input loader can never match those of another (e.g. one
+    abandoned mid-epoch that is still draining in the background).
+    """
+
+    def __init__(self, comm):
+        self._comm = comm.Dup()
+        self.rank = self._comm.Get_rank()   # rank in the group; 0 is the reader
+        self.size = self._comm.Get_size()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def bcast(self, buffer: np.ndarray) -> None:
+        """In place: the reader's contiguous numpy ``buffer`` lands in every rank's ``buffer``."""
+        self._comm.Bcast(buffer, root=0)
+
+    def close(self) -> None:
+        """Release the communicator (collective over the group; optional)."""
+        self._comm.Free()
+
+
+def group_channel() -> Optional[GroupChannel]:
+    """A new :class:`GroupChannel` for this rank's group; ``None`` for groups of one rank.
+
+    Collective over the group: every rank of the group must call it.
+    """
+    ctx = context()
+    return GroupChannel(ctx.group_comm) if ctx.topology.m_ranks > 1 else None

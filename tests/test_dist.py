@@ -43,7 +43,23 @@ def test_single_process_is_rank_zero_of_one():
     ctx = dist.init()
     assert (ctx.rank, ctx.size) == (0, 1)
     assert ctx.topology.is_chief and ctx.topology.is_reader
-    assert ctx.hvd.size() == 1 and ctx.process_set is ctx.hvd.global_process_set  # the group is the world
+    assert ctx.hvd.size() == 1
     assert ctx.group_comm.Get_size() == 1
     import tensorflow as tf
     assert float(ctx.hvd.allreduce(tf.constant(3.0)).numpy()) == 3.0
+
+
+def test_collective_api_on_one_rank_is_the_identity():
+    import numpy as np
+    import tensorflow as tf
+    dist.init()
+    g = [tf.constant([1.0, 2.0]), None]
+    out = dist.allreduce_mean(g)
+    assert out[1] is None and out[0] is g[0]
+    assert float(dist.allreduce_sum(tf.constant(2.5))) == 2.5
+    np.testing.assert_array_equal(dist.allreduce_sum([1, 2]), [1.0, 2.0])
+    assert dist.allreduce_max(3.0) == 3.0
+    assert dist.broadcast_object({"a": 1}) == {"a": 1}
+    assert dist.gather_to_chief(7) == [7]
+    dist.barrier()
+    assert dist.group_channel() is None  # a group of one has nobody to broadcast to

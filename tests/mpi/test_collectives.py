@@ -48,18 +48,39 @@ def test_group_arithmetic(ctx):
     assert ctx.group_comm.Get_rank() == t.rank_in_group
 
 
-def test_broadcast_inside_group_process_set(ctx):
-    t, hvd = ctx.topology, ctx.hvd
+def test_collective_api(ctx):
+    n, r = ctx.size, ctx.rank
+    # gradients: grouped average, None kept, fp16 compression still averages
+    g = dist.allreduce_mean([tf.constant([float(r), 1.0]), None, tf.constant(2.0 * r)], name="t_mean")
+    np.testing.assert_allclose(g[0].numpy(), [(n - 1) / 2, 1.0])
+    assert g[1] is None and float(g[2]) == pytest.approx(n - 1)
+    h = dist.allreduce_mean([tf.constant([float(r)])], name="t_mean16", fp16=True)
+    assert float(h[0][0]) == pytest.approx((n - 1) / 2, rel=1e-3)
+    # sums: tf in -> tf out, numbers in -> numpy out
+    assert isinstance(dist.allreduce_sum(tf.constant(1.0), name="t_sum"), tf.Tensor)
+    np.testing.assert_array_equal(dist.allreduce_sum([r, 1], name="t_sum2"), [n * (n - 1) / 2, n])
+    assert dist.allreduce_max(float(r)) == n - 1
+    assert dist.broadcast_object({"from": r}) == {"from": 0}
+    got = dist.gather_to_chief(r * 10)
+    assert got == ([10 * q for q in range(n)] if r == 0 else None)
+    v = tf.Variable([float(r)])
+    dist.broadcast_from_chief([v])
+    assert float(v[0]) == 0.0
+    dist.barrier()
+
+
+def test_group_channel_broadcasts_from_the_groups_reader(ctx):
+    t = ctx.topology
+    channel = dist.group_channel()
     if t.m_ranks == 1:
-        assert ctx.process_set is None
+        assert channel is None
         pytest.skip("groups of one rank have nothing to broadcast")
-    mine = tf.constant([100.0 * t.rank + 7.0, float(t.group_id)])
-    got = hvd.broadcast(mine, root_rank=t.reader_rank, process_set=ctx.process_set).numpy()
+    assert channel.size == t.m_ranks and channel.is_root == t.is_reader
+    buf = np.full(16, 100 * t.rank + 7, np.int64)
+    channel.bcast(buf)
     # the value comes from this group's reader, not from rank 0 of the world
-    np.testing.assert_array_equal(got, [100.0 * t.reader_rank + 7.0, t.group_id])
-    # the process set sums only over the group
-    s = hvd.allreduce(tf.constant(float(t.rank)), op=hvd.Sum, process_set=ctx.process_set).numpy()
-    assert s == sum(t.group_ranks)
+    assert (buf == 100 * t.reader_rank + 7).all()
+    channel.close()
 
 
 def test_group_subcommunicator_broadcast(ctx):
@@ -75,5 +96,5 @@ def test_init_is_idempotent_and_rejects_a_different_layout(ctx):
         dist.init(m_ranks=2 * M_RANKS, m_local=M_LOCAL)
     # m_local is rank-local: a new value keeps the communicators
     other = dist.init(m_ranks=M_RANKS, m_local=M_LOCAL + 1)
-    assert other.topology.m_local == M_LOCAL + 1 and other.process_set is ctx.process_set
+    assert other.topology.m_local == M_LOCAL + 1 and other.group_comm is ctx.group_comm
     assert dist.init(m_ranks=M_RANKS, m_local=M_LOCAL).topology == ctx.topology
