@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist.models import (MODEL_NAMES, GhostBatchNormalization, build_model,
-                            is_norm_variable, list_models, norm_layers, norm_variables)
+from ba_dist.models import (MODEL_NAMES, DropPath, DropPathSchedule, GhostBatchNormalization,
+                            build_model, is_norm_variable, list_models, norm_layers,
+                            norm_variables, set_drop_path_rate)
+from ba_dist.models import nas_cells
+from ba_dist.models.layers import Norm
 
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
@@ -172,6 +175,12 @@ PUBLISHED = {
     "alexnet": (1000, IMAGENET, 61.1e6, 61_110_184),
     # Howard et al. 2017, "MobileNets", Table 8: 1.0 MobileNet-224, 4.2M.
     "mobilenet_v1": (1000, IMAGENET, 4.2e6, 4_231_976),
+    # Liu et al. 2019 (DARTS), Table 1: DARTS (second order) 3.3M; the exact count equals the
+    # "param size = 3.349342MB" that the DARTS reference code prints (no auxiliary head).
+    "darts": (10, CIFAR, 3.3e6, 3_349_342),
+    # AmoebaNet-A cells in DARTS's network at C = 128 (BA paper Table 5, "width=128"); no
+    # published count at this width: the reference is ours (3.2M at C = 36 is checked below).
+    "amoebanet": (10, CIFAR, 37_490_058, 37_490_058),
     # Ours: conv 288 + 18,432, BN 2 x (64 + 128) / 2, dense 1,024 x 10 + 10.
     "digits_cnn": (10, DIGITS, 29_162, 29_162),
     # Ours on 64 features: 64x256 + 256x256 + 256x10 + 10 + BN 2 x 2 x 256.
@@ -297,3 +306,77 @@ def test_digits_cnn_with_ghost_bn_learns_uci_digits():
     model.fit(data, epochs=6, verbose=0)
     _, accuracy = model.evaluate(images[test], digits.target[test], verbose=0)
     assert accuracy > 0.95
+
+
+# --------------------------------------------------------------------------- cell networks
+
+
+def test_drop_path_drops_whole_examples_in_training_only():
+    tf.keras.utils.set_random_seed(0)
+    layer = DropPath(0.5)
+    x = np.ones((256, 2, 2, 3), "float32")
+    y = layer(x, training=True).numpy()
+    per_example = y.reshape(256, -1)
+    assert set(np.unique(per_example)) == {0.0, 2.0}           # dropped, or kept and x / keep
+    assert np.all(per_example.min(1) == per_example.max(1))    # one draw per example
+    assert 0.35 < (per_example[:, 0] == 0).mean() < 0.65
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    np.testing.assert_array_equal(layer(x), x)                 # default: inference
+
+    @tf.function
+    def train(inputs):
+        return layer(inputs, training=True)
+
+    train(x)
+    assert set_drop_path_rate(tf.keras.Sequential([layer]), 0.0) == 1
+    np.testing.assert_array_equal(train(x), x)  # the traced step sees the new rate
+    with pytest.raises(ValueError, match="drop-path rate"):
+        DropPath(1.0)
+
+
+def test_drop_path_schedule_ramps_like_darts():
+    inputs = tf.keras.Input((4,))
+    model = tf.keras.Model(inputs, DropPath(0.2)(DropPath(0.2)(inputs)))
+    schedule = DropPathSchedule(0.2, epochs=10)
+    schedule.set_model(model)
+    for epoch, rate in ((0, 0.0), (5, 0.1), (9, 0.18)):
+        schedule.on_epoch_begin(epoch)
+        assert [float(l.rate.numpy()) for l in model.layers[1:]] == pytest.approx([rate, rate])
+
+
+def test_cell_network_small_forward_auxiliary_head_and_drop_path():
+    tf.keras.utils.set_random_seed(1)
+    # 5 cells: reductions at cells 1 and 3, the auxiliary head on cell 3's 8x8 output.
+    model = nas_cells.cell_network(nas_cells.AMOEBANET_A, "tiny", 10, CIFAR, Norm(),
+                                   init_channels=8, layers=5, drop_path=0.3, auxiliary_head=True)
+    assert model.output_shape == [(None, 10), (None, 10)]
+    assert model.get_layer("cell3_out").output_shape == (None, 8, 8, 3 * 32)
+    x = _images((4,) + CIFAR)
+    logits, aux = model(x, training=True)
+    assert logits.shape == aux.shape == (4, 10) and np.all(np.isfinite(logits))
+    # Drop-path is the only randomness: training calls differ, inference calls do not.
+    assert not np.allclose(model(x, training=True)[0], logits)
+    np.testing.assert_array_equal(model(x)[0], model(x)[0])
+    set_drop_path_rate(model, 0.0)
+    np.testing.assert_allclose(model(x, training=True)[0], model(x, training=True)[0], atol=1e-5)
+
+    darts = nas_cells.cell_network(nas_cells.DARTS_V2, "tiny_darts", 10, CIFAR, Norm("ghost", 2),
+                                   init_channels=8, layers=5)
+    assert darts(x[:2], training=True).shape == (2, 10)
+    assert darts.get_layer("cell1_out").output_shape == (None, 16, 16, 4 * 16)
+
+
+def test_amoebanet_cells_at_darts_width_match_the_published_size():
+    # Real et al. / Liu et al. Table 1: AmoebaNet-A (N = 6, F = 36), 3.2M parameters.
+    model = nas_cells.amoebanet(10, CIFAR, Norm(), init_channels=36)
+    assert abs(_trainable_count(model) - 3.2e6) / 3.2e6 < 0.02
+    tf.keras.backend.clear_session()
+
+
+def test_auxiliary_head_count_and_rejection():
+    model = build_model("darts", 10, CIFAR, auxiliary_head=True)
+    assert _trainable_count(model) == 3_349_342 + 476_426
+    assert [o.shape.as_list() for o in model.outputs] == [[None, 10], [None, 10]]
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        build_model("resnet20", 10, CIFAR, auxiliary_head=True)
+    tf.keras.backend.clear_session()

@@ -20,6 +20,8 @@ vgg16                     VGG-16-BN, CIFAR (Li et al. 2017)              15.0M (
 densenet100_12            DenseNet-BC-100, k=12 (Huang et al.)           0.8M (100 cls)
 alexnet                   one-tower AlexNet (+BN, BA authors' code)      61.1M (1000 cls)
 mobilenet_v1              MobileNet v1, width 1.0 (Howard et al.)        4.2M (1000 cls)
+darts                     DARTS-V2, 20 cells, C=36 (Liu et al.)          3.3M (10 cls)
+amoebanet                 AmoebaNet-A cells, 20 cells, C=128 (BA T.5)    37.5M (10 cls)
 digits_cnn                2-conv CNN for 8x8x1 UCI digits                29k (10 cls)
 mlp                       2 x 256 hidden units                           depends on input
 ========================  =============================================  ===============
@@ -27,8 +29,13 @@ mlp                       2 x 256 hidden units                           depends
 Where ``dropout`` goes: before the classifier (CIFAR/ImageNet ResNets, MobileNet,
 digits_cnn), between the two convs of every block (wrn28_10), after every conv
 (densenet100_12), before each hidden dense layer (alexnet, vgg16) or after each hidden
-layer (mlp). ``dropout=None`` keeps each network's reference value: 0.5 for alexnet and
-vgg16, none for the others.
+layer (mlp); darts and amoebanet use drop-path in their cells (``ba_dist.models.drop_path``)
+and take dropout, if given, before the classifier. ``dropout=None`` keeps each network's
+reference value: 0.5 for alexnet and vgg16, none for the others.
+
+darts and amoebanet have DARTS's auxiliary classifier when built with
+``auxiliary_head=True``: the model then outputs ``[logits, aux_logits]`` and the training
+loss should add ``0.4 * CE(aux_logits)``; by default they output the logits only.
 """
 from __future__ import annotations
 
@@ -40,10 +47,12 @@ import tensorflow as tf
 
 from ba_dist.models.alexnet import alexnet
 from ba_dist.models.densenet import densenet_bc
+from ba_dist.models.drop_path import DropPath, DropPathSchedule, set_drop_path_rate
 from ba_dist.models.ghost_bn import GhostBatchNormalization
 from ba_dist.models.layers import (NORM_KINDS, NORM_LAYER_TYPES, Norm, is_norm_variable,
                                    norm_layers, norm_variables)
 from ba_dist.models.mobilenet import mobilenet_v1
+from ba_dist.models.nas_cells import amoebanet, darts
 from ba_dist.models.resnet_cifar import resnet_cifar
 from ba_dist.models.resnet_imagenet import resnet_imagenet
 from ba_dist.models.small import digits_cnn, mlp
@@ -51,6 +60,9 @@ from ba_dist.models.vgg import vgg_cifar
 from ba_dist.models.wide_resnet import wide_resnet
 
 __all__ = [
+    "AUXILIARY_HEAD_MODELS",
+    "DropPath",
+    "DropPathSchedule",
     "MODEL_NAMES",
     "NORM_KINDS",
     "NORM_LAYER_TYPES",
@@ -60,6 +72,7 @@ __all__ = [
     "list_models",
     "norm_layers",
     "norm_variables",
+    "set_drop_path_rate",
 ]
 
 # Every builder takes (num_classes, input_shape, norm, dropout) and returns a Model.
@@ -75,11 +88,15 @@ _BUILDERS: dict[str, Callable[..., tf.keras.Model]] = {
     "densenet100_12": functools.partial(densenet_bc, 100, 12),
     "alexnet": alexnet,
     "mobilenet_v1": mobilenet_v1,
+    "darts": darts,
+    "amoebanet": amoebanet,
     "digits_cnn": digits_cnn,
     "mlp": mlp,
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+# Builders that also take auxiliary_head=True (a second output, DARTS's auxiliary classifier).
+AUXILIARY_HEAD_MODELS: tuple[str, ...] = ("darts", "amoebanet")
 
 
 def list_models() -> tuple[str, ...]:
@@ -113,7 +130,8 @@ def _global_policy(name: str | None) -> Iterator[tf.keras.mixed_precision.Policy
 def build_model(name: str, num_classes: int, input_shape: Sequence[int], *,
                 bn: str = "batch", ghost_batch_size: int = 32, bn_momentum: float = 0.9,
                 dropout: float | None = None,
-                dtype_policy: str | None = None) -> tf.keras.Model:
+                dtype_policy: str | None = None,
+                auxiliary_head: bool = False) -> tf.keras.Model:
     """Builds a zoo model by name.
 
     Args:
@@ -134,14 +152,17 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], *,
             ``None`` uses the current global policy. Under a mixed policy the logits are
             cast to float32 (a final linear ``Activation`` named ``logits_float32``), so the
             loss is computed in float32; normalization statistics are float32 anyway.
+        auxiliary_head: Only for ``AUXILIARY_HEAD_MODELS``: add the auxiliary classifier,
+            so the model outputs ``[logits, aux_logits]`` (module docstring).
 
     Returns:
-        An uncompiled functional ``tf.keras.Model`` named ``name`` that outputs logits.
+        An uncompiled functional ``tf.keras.Model`` named ``name`` that outputs logits
+        (a list of two logits tensors with ``auxiliary_head=True``).
 
     Raises:
         ValueError: unknown ``name`` (the message lists the known ones), or a bad
             ``num_classes``, ``input_shape``, ``bn``, ``ghost_batch_size``, ``bn_momentum``,
-            ``dropout`` or ``dtype_policy``.
+            ``dropout`` or ``dtype_policy``, or ``auxiliary_head`` for a model without one.
     """
     if name not in _BUILDERS:
         raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
@@ -149,13 +170,18 @@ def build_model(name: str, num_classes: int, input_shape: Sequence[int], *,
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1) or None, got {dropout!r}")
+    if auxiliary_head and name not in AUXILIARY_HEAD_MODELS:
+        raise ValueError(f"auxiliary_head=True: {name!r} has no auxiliary head (only "
+                         f"{', '.join(AUXILIARY_HEAD_MODELS)} have one)")
     norm = Norm(bn, ghost_batch_size=ghost_batch_size, momentum=bn_momentum)
+    extra = {"auxiliary_head": True} if auxiliary_head else {}
     with _global_policy(dtype_policy) as policy:
         model = _BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape),
-                                norm=norm, dropout=dropout)
+                                norm=norm, dropout=dropout, **extra)
         if policy.compute_dtype != "float32":
             # Softmax/cross-entropy in float16 loses precision and can overflow.
-            logits = tf.keras.layers.Activation("linear", dtype="float32",
-                                                name="logits_float32")(model.outputs[0])
-            model = tf.keras.Model(model.inputs, logits, name=model.name)
+            logits = [tf.keras.layers.Activation("linear", dtype="float32", name=f"{out}_float32")(t)
+                      for out, t in zip(("logits", "aux_logits"), model.outputs)]
+            model = tf.keras.Model(model.inputs, logits if auxiliary_head else logits[0],
+                                   name=model.name)
     return model
