@@ -5,7 +5,7 @@
         [--table-only] [-- extra ba-train arguments, e.g. --config.input.source_kwargs.data_dir=...]
 
 Runs ``ba-train --config <row>.py:<variant>`` for the paper's two baselines and
-BA (ba_dist/paper.py), one after the other on the same data, each in
+BA (ba_dist/paper_tables.py), one after the other on the same data, each in
 ``WORKDIR/<variant>``, then prints the validation top-1 of each run's
 ``result.json`` beside the paper's Table 2 numbers and writes
 ``WORKDIR/comparison.json``.
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ba_dist import paper
+from ba_dist import paper_tables as paper
 
 __all__ = ["variant_command", "collect", "format_table", "main", "run"]
 
@@ -88,10 +88,10 @@ def parse_args(argv: Optional[list] = None) -> tuple[argparse.Namespace, list]:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(prog="ba-experiment", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="a Table 2 row: configs/<row>.py (see ba_dist/paper.py)")
+    p.add_argument("--config", required=True, help="a Table 2 row: configs/<row>.py (see ba_dist/paper_tables.py)")
     p.add_argument("--workdir", required=True, help="parent directory; each variant runs in WORKDIR/<variant>")
     p.add_argument("--ranks", type=int, default=0,
-                   help="ranks of every run (0: the row's reference world size per variant, ba_dist.paper.world_size)")
+                   help="ranks of every run (0: the row's reference world size per variant, ba_dist.paper_tables.world_size)")
     p.add_argument("--variants", default=",".join(paper.VARIANTS), help="comma-separated subset, run in this order")
     p.add_argument("--epochs", type=int, default=0, help="shorter epoch budget E (fixed #samples gets M x E)")
     p.add_argument("--launcher", default=_default_launcher(),

@@ -20,10 +20,10 @@ BA_NODES / BA_BATCH / BA_M / BA_M_RANKS / BA_PER_RANK set to the layout above (1
 
 Paper, validation top-1: fixed #steps 58.25%, fixed #samples 57.60%, BA 62.31%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.imagenet_config(augment="alexnet")
+    c = paper_tables.imagenet_config(augment="alexnet")
     c.model.name = "alexnet"
-    return paper.variant(c, arg, paper.TABLE2["alexnet_imagenet"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["alexnet_imagenet"])

@@ -18,11 +18,11 @@ or all three and the comparison table:
 
 Paper, validation top-1: fixed #steps 77.73%, fixed #samples 75.35%, BA 78.80%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.cifar_config("cifar100")
+    c = paper_tables.cifar_config("cifar100")
     c.model.name = "densenet100_12"
     c.input.augment = "cifar"
     c.input.batch_size = 64            # B unique
@@ -31,4 +31,4 @@ def get_config(arg=None):
     c.optim.weight_decay = 1e-4
     c.optim.nesterov = True
     c.train.epochs = 300
-    return paper.variant(c, arg, paper.TABLE2["densenet100_12_cifar100"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["densenet100_12_cifar100"])

@@ -12,13 +12,13 @@ Launch (README's main job):
 Expected: >= 95% validation top-1 on the 359 held-out digits in about a minute
 on 2 CPU cores (22 steps per epoch x 15 epochs).
 
-The same three-way comparison as the paper's Table 2 rows (ba_dist/paper.py),
+The same three-way comparison as the paper's Table 2 rows (ba_dist/paper_tables.py),
 in about a minute per variant:
     ba-experiment --config configs/digits_smoke.py --ranks 2 --workdir workdirs/digits_table2
 i.e. `configs/digits_smoke.py:fixed_steps` (B 64, M 1), `:fixed_samples` (B 256,
 M 1, 60 epochs) and `:ba` (this config). The paper has no numbers for digits.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 from ba_dist.config import base_config
 
 
@@ -38,4 +38,4 @@ def get_config(arg=None):
     if arg is None:                  # the smoke run, exactly as above
         return c
     c.ba.multiplicity, c.ba.m_ranks = 1, 1
-    return paper.variant(c, arg, paper.TABLE2["digits_smoke"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["digits_smoke"])

@@ -19,10 +19,10 @@ BA_NODES / BA_BATCH / BA_M / BA_M_RANKS / BA_PER_RANK set to the layout above (1
 
 Paper, validation top-1: fixed #steps 70.60%, fixed #samples 69.50%, BA 71.40%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.imagenet_config(augment="imagenet_light")
+    c = paper_tables.imagenet_config(augment="imagenet_light")
     c.model.name = "mobilenet_v1"
-    return paper.variant(c, arg, paper.TABLE2["mobilenet_imagenet"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["mobilenet_imagenet"])

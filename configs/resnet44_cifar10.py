@@ -17,11 +17,11 @@ or all three and the comparison table:
 
 Paper, validation top-1: fixed #steps 93.70%, fixed #samples 93.80%, BA 95.43%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.cifar_config("cifar10")
+    c = paper_tables.cifar_config("cifar10")
     c.model.name = "resnet44"
     c.input.augment = "cifar_cutout"   # the paper's ResNet44 runs use cutout (section 4.1)
     c.input.batch_size = 64            # B unique
@@ -29,4 +29,4 @@ def get_config(arg=None):
     c.optim.regime = "cifar_resnet"
     c.optim.weight_decay = 1e-4
     c.train.epochs = 164
-    return paper.variant(c, arg, paper.TABLE2["resnet44_cifar10"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["resnet44_cifar10"])

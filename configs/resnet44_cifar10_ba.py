@@ -13,8 +13,8 @@ Paper, validation top-1: fixed #steps 93.70%, fixed #samples 93.80%, BA 95.43%.
 """
 from pathlib import Path
 
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    return paper.ba_only(Path(__file__).with_name("resnet44_cifar10.py"), arg)
+    return paper_tables.ba_only(Path(__file__).with_name("resnet44_cifar10.py"), arg)

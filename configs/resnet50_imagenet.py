@@ -26,12 +26,12 @@ Test-time augmentation (Table 5): ba-eval --workdir workdirs/resnet50_imagenet/b
 Paper, validation top-1: fixed #steps 76.30%, fixed #samples 75.70%, BA 76.86%
 (Table 5, 10-copy TTA: baseline 77.10%, BA 77.9% from a single crop of 77.85% with M=10).
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.imagenet_config(augment="imagenet")   # Szegedy et al.'s crop
+    c = paper_tables.imagenet_config(augment="imagenet")   # Szegedy et al.'s crop
     c.model.name = "resnet50"
     c.model.bn = "ghost"
     c.model.ghost_batch_size = 32      # appendix C.2
-    return paper.variant(c, arg, paper.TABLE2["resnet50_imagenet"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["resnet50_imagenet"])

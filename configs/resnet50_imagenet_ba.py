@@ -14,8 +14,8 @@ Paper, validation top-1: fixed #steps 76.30%, fixed #samples 75.70%, BA 76.86%.
 """
 from pathlib import Path
 
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    return paper.ba_only(Path(__file__).with_name("resnet50_imagenet.py"), arg)
+    return paper_tables.ba_only(Path(__file__).with_name("resnet50_imagenet.py"), arg)

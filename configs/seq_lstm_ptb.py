@@ -29,7 +29,7 @@ no PTB); without AWD-LSTM's extra regularisers expect the perplexities to sit
 some points above the paper's.
 """
 from ba_dist.config import ConfigError
-from ba_dist.paper import VARIANTS   # fixed_steps, fixed_samples, ba: as the image rows
+from ba_dist.paper_tables import VARIANTS   # fixed_steps, fixed_samples, ba: as the image rows
 from ba_dist.seq.config import base_config
 
 

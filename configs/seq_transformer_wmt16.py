@@ -34,7 +34,7 @@ measured here (no GPU, no network); Vaswani et al. report 12 hours for the
 base model's 100k steps on 8 P100s.
 """
 from ba_dist.config import ConfigError
-from ba_dist.paper import VARIANTS   # fixed_steps, fixed_samples, ba: as the image rows
+from ba_dist.paper_tables import VARIANTS   # fixed_steps, fixed_samples, ba: as the image rows
 from ba_dist.seq.config import base_config
 
 

@@ -18,11 +18,11 @@ or all three and the comparison table:
 
 Paper, validation top-1: fixed #steps 93.82%, fixed #samples 94.49%, BA 95.32%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.cifar_config("cifar10")
+    c = paper_tables.cifar_config("cifar10")
     c.model.name = "vgg16"
     c.input.augment = "cifar"
     c.input.batch_size = 64            # B unique
@@ -30,4 +30,4 @@ def get_config(arg=None):
     c.optim.regime = "cifar_wrn"       # x0.2 at 60, 120, 160 of 200: the authors' VGG regime
     c.optim.weight_decay = 5e-4
     c.train.epochs = 200
-    return paper.variant(c, arg, paper.TABLE2["vgg16_cifar10"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["vgg16_cifar10"])

@@ -17,11 +17,11 @@ or all three and the comparison table:
 
 Paper, validation top-1: fixed #steps 96.60%, fixed #samples 96.60%, BA 97.15%.
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.cifar_config("cifar10")
+    c = paper_tables.cifar_config("cifar10")
     c.model.name = "wrn28_10"
     c.input.augment = "cifar"
     c.input.batch_size = 128           # B unique
@@ -30,4 +30,4 @@ def get_config(arg=None):
     c.optim.weight_decay = 5e-4
     c.optim.nesterov = True
     c.train.epochs = 200
-    return paper.variant(c, arg, paper.TABLE2["wrn28_10_cifar10"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["wrn28_10_cifar10"])

@@ -19,11 +19,11 @@ Test-time augmentation (Table 5): ba-eval --workdir workdirs/wrn28_10_cifar100/b
 Paper, validation top-1: fixed #steps 79.85%, fixed #samples 80.12%, BA 83.45%
 (Table 5, 10-copy TTA: baseline 80.29%, BA 84.88%).
 """
-from ba_dist import paper
+from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper.cifar_config("cifar100")
+    c = paper_tables.cifar_config("cifar100")
     c.model.name = "wrn28_10"
     c.input.augment = "cifar"
     c.input.batch_size = 128           # B unique
@@ -32,4 +32,4 @@ def get_config(arg=None):
     c.optim.weight_decay = 5e-4
     c.optim.nesterov = True
     c.train.epochs = 200
-    return paper.variant(c, arg, paper.TABLE2["wrn28_10_cifar100"])
+    return paper_tables.variant(c, arg, paper_tables.TABLE2["wrn28_10_cifar100"])

@@ -75,7 +75,7 @@ def run(spec: str, num_classes: int, image_shape: tuple, workdir: str) -> dict:
 def main(argv: list[str]) -> int:
     import os
     import tensorflow as tf
-    from ba_dist import paper
+    from ba_dist import paper_tables as paper
     if os.environ.get("BA_CONFIG_STEPS_EAGER", "1") == "1":
         tf.config.run_functions_eagerly(True)
     failed = 0

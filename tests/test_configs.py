@@ -1,6 +1,6 @@
 """Every config of configs/ loads, validates, lays out, and runs real ba-train steps.
 
-The Table 2 rows (ba_dist/paper.py) come in three variants each; the pure tests
+The Table 2 rows (ba_dist/paper_tables.py) come in three variants each; the pure tests
 check the arithmetic that makes them comparable (same steps, same examples as
 BA), the run test pushes every config through ``ba_dist.train.main`` for two
 steps on synthetic data (tests/config_steps.py; three processes, each loading
@@ -15,14 +15,14 @@ import time
 import pytest
 
 from ba_dist import config as config_lib
-from ba_dist import paper
+from ba_dist import paper_tables
 from launcher import PYTHON, REPO, rank_env
 
 TRAIN_SIZE = {"Cifar10": 50_000, "Cifar100": 50_000, "ImageNet": 1_281_167, "UCI digits": 1_438}
-TABLE2_ROWS = [r for r in paper.TABLE2.values() if r.key != "digits_smoke"]
-SPECS = [f"{r.config}:{v}" for r in TABLE2_ROWS for v in paper.VARIANTS]
+TABLE2_ROWS = [r for r in paper_tables.TABLE2.values() if r.key != "digits_smoke"]
+SPECS = [f"{r.config}:{v}" for r in TABLE2_ROWS for v in paper_tables.VARIANTS]
 # the digits "row" (no paper numbers) drives tests/test_experiment.py; its variants are checked here too
-DIGITS_SPECS = ["configs/digits_smoke.py"] + [f"configs/digits_smoke.py:{v}" for v in paper.VARIANTS]
+DIGITS_SPECS = ["configs/digits_smoke.py"] + [f"configs/digits_smoke.py:{v}" for v in paper_tables.VARIANTS]
 BA_ONLY = ["configs/resnet50_imagenet_ba.py", "configs/resnet44_cifar10_ba.py"]   # named by slurm/ templates
 ALL_SPECS = SPECS + DIGITS_SPECS + BA_ONLY
 
@@ -38,15 +38,15 @@ def _variant(spec):
 def test_every_table2_image_row_has_a_config():
     assert len(TABLE2_ROWS) == 10
     on_disk = {p.stem for p in (REPO / "configs").glob("*.py")}
-    assert {r.key for r in paper.TABLE2.values()} | {p[8:-3] for p in BA_ONLY} <= on_disk
+    assert {r.key for r in paper_tables.TABLE2.values()} | {p[8:-3] for p in BA_ONLY} <= on_disk
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)
 def test_config_validates_and_lays_out(spec):
     cfg = load(spec)
     config_lib.validate(cfg)
-    row = paper.row_for_config(spec.replace("_ba.py", ".py"))
-    world = paper.world_size(row, _variant(spec))
+    row = paper_tables.row_for_config(spec.replace("_ba.py", ".py"))
+    world = paper_tables.world_size(row, _variant(spec))
     lay = config_lib.layout(cfg, world)
     assert lay.global_batch == cfg.input.batch_size * cfg.ba.multiplicity
     if _variant(spec) != "fixed_steps" or row.ranks % row.multiplicity == 0:
@@ -55,7 +55,7 @@ def test_config_validates_and_lays_out(spec):
         assert lay.per_rank_batch == ba_lay.per_rank_batch, lay.describe()
 
 
-@pytest.mark.parametrize("row", paper.TABLE2.values(), ids=lambda r: r.key)
+@pytest.mark.parametrize("row", paper_tables.TABLE2.values(), ids=lambda r: r.key)
 def test_variants_take_the_same_steps_and_see_the_same_examples(row):
     ba, steps, samples = (load(f"{row.config}:{v}") for v in ("ba", "fixed_steps", "fixed_samples"))
     M, n = row.multiplicity, TRAIN_SIZE[row.dataset]
@@ -97,8 +97,8 @@ def test_regime_drops_land_on_the_same_steps(row):
 @pytest.mark.parametrize("row", TABLE2_ROWS, ids=lambda r: r.key)
 def test_docstring_has_launch_commands_and_paper_numbers(row):
     doc = (REPO / row.config).read_text().split('"""')[1]
-    for v in paper.VARIANTS:
-        ranks = paper.world_size(row, v)
+    for v in paper_tables.VARIANTS:
+        ranks = paper_tables.world_size(row, v)
         assert f"launch/local.sh {ranks} ba-train --config {row.config}:{v} --workdir workdirs/{row.key}/{v}" in doc
         assert f"{100 * row.top1(v):.2f}%" in doc or f"{100 * row.top1(v):.1f}%" in doc, v
     assert f"M = {row.multiplicity}" in doc

@@ -1,7 +1,7 @@
 """ba-experiment: the three variants of a row, each launched under mpirun, and the comparison table."""
 import json
 
-from ba_dist import experiment, paper
+from ba_dist import experiment, paper_tables as paper
 from launcher import PYTHON, REPO, rank_env, run
 
 
