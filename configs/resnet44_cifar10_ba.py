@@ -1,7 +1,7 @@
 """ResNet-44 on CIFAR-10 with cutout and Batch Augmentation, M = 40: configs/resnet44_cifar10.py:ba.
 
-B 64 unique x M 40 = 2560 examples per step, 164 epochs of He et al.'s regime at the
-paper's B = 64 (section 4.1); the two baselines and all details are in
+B 64 unique x M 40 = 2560 examples per step, 100 epochs of He et al.'s regime (LR
+drop at epoch 81) at the paper's B = 64 (section 4.1); the two baselines and all details are in
 configs/resnet44_cifar10.py. The slurm template slurm/resnet44_cifar10_ba.sh uses this
 file (4 nodes x 10 copies x 64 unique).
 

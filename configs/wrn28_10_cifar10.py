@@ -1,7 +1,8 @@
 """Wide-ResNet-28-10 on CIFAR-10: Table 2 (M = 6).
 
 Zagoruyko & Komodakis' regime: B = 128, LR 0.1 x0.2 at epochs 60, 120 and 160 of
-200, weight decay 5e-4, Nesterov momentum 0.9, pad-4 crop + flip, no dropout.
+200, weight decay 5e-4, Nesterov momentum 0.9, pad-4 crop + flip, no dropout;
+ghost batch norm over 32 images in all three variants (below).
 50000 // 128 = 390 steps per epoch x 200 epochs = 78k steps in all three:
 
     fixed_steps    B 128 unique x M 1                  200 epochs   1 rank x 128
@@ -30,4 +31,10 @@ def get_config(arg=None):
     c.optim.weight_decay = 5e-4
     c.optim.nesterov = True
     c.train.epochs = 200
+    # BN statistics over 32 distinct images in every variant. BA's rank batch is copy-major
+    # (copy 0 of its 32 unique images, then copy 1, ...), so each ghost batch of 32 holds
+    # 32 distinct images; without ghost BN the baseline would normalise over 128 (Fixed
+    # #Steps, one rank) or 96/160 (Fixed #Samples) and BA over 32 x copies, a confound.
+    c.model.bn = "ghost"
+    c.model.ghost_batch_size = 32
     return paper_tables.variant(c, arg, paper_tables.TABLE2["wrn28_10_cifar10"])
