@@ -88,10 +88,11 @@ class PiecewiseConstantWithWarmup(tf.keras.optimizers.schedules.LearningRateSche
     the LR equals ``base_lr`` exactly when warmup ends. Warmup is per step, not
     per epoch, to avoid LR jumps of ``1/warmup_epochs`` at large batches.
 
-    ``warmup_start_lr`` defaults to 0: Goyal et al. start from the unscaled LR
-    (``base_lr / k`` for a ``k`` x larger batch), which only the caller knows
-    and may pass; 0 assumes nothing about ``k``. The price is that step 0 is a
-    no-op update, one step out of thousands.
+    Goyal et al. (2017, section 2.2) warm up from the LR tuned at the reference
+    batch (0.1 at 256) to the scaled LR (``0.1 k`` for a ``k`` x larger batch):
+    pass that reference LR as ``warmup_start_lr``, as :func:`make_schedule` does
+    when given ``reference_lr``. Left at 0 the warmup starts from nothing (step 0
+    is then a no-op update).
 
     Args:
       base_lr: LR after warmup and before the first drop; ``values[0]``.
@@ -213,7 +214,11 @@ def make_schedule(name: str, base_lr: float, steps_per_epoch: int,
       base_lr: peak LR, already scaled by :func:`scale_lr` if wanted.
       steps_per_epoch: optimizer steps per epoch (unique samples / B).
       **kwargs: ``warmup_epochs`` and ``warmup_start_lr`` (all regimes, see
-        :class:`PiecewiseConstantWithWarmup`); ``total_epochs`` (required for
+        :class:`PiecewiseConstantWithWarmup`); ``reference_lr``: the LR before
+        :func:`scale_lr`, where the warmup of the step regimes starts when
+        ``warmup_start_lr`` is not given and ``base_lr`` is larger (Goyal et
+        al.'s gradual warmup from 0.1 to ``0.1 k``; with an unscaled LR, or
+        for "cosine", the warmup starts at 0); ``total_epochs`` (required for
         "cosine", the length of warmup plus decay); ``epoch_scale`` (all
         regimes): multiplies the regime's own drop epochs, e.g. by M for the
         paper's "fixed #samples" baseline, whose M x larger batch makes an
@@ -225,7 +230,8 @@ def make_schedule(name: str, base_lr: float, steps_per_epoch: int,
     """
     if name not in REGIMES:
         raise _unknown(name)
-    allowed = {"warmup_epochs", "warmup_start_lr", "epoch_scale"} | ({"total_epochs"} if name == "cosine" else set())
+    allowed = {"warmup_epochs", "warmup_start_lr", "reference_lr", "epoch_scale"} | (
+        {"total_epochs"} if name == "cosine" else set())
     if set(kwargs) - allowed:
         raise ValueError(f"Regime {name!r} takes only {sorted(allowed)}, got {sorted(kwargs)}.")
     warmup_epochs = kwargs.get("warmup_epochs", 0.0)
@@ -249,6 +255,9 @@ def make_schedule(name: str, base_lr: float, steps_per_epoch: int,
     if scale <= 0:
         raise ValueError(f"epoch_scale must be positive, got {scale}.")
     boundaries = [b * scale for b in boundaries]
+    reference_lr = kwargs.get("reference_lr")
+    if "warmup_start_lr" not in kwargs and reference_lr is not None and 0 < reference_lr < base_lr:
+        warmup_start_lr = float(reference_lr)  # Goyal et al.: from the unscaled to the scaled LR
     return PiecewiseConstantWithWarmup(base_lr, boundaries, steps_per_epoch, decay=decay,
                                        warmup_epochs=warmup_epochs,
                                        warmup_start_lr=warmup_start_lr, name=name)

@@ -224,6 +224,7 @@ def _schedule_kwargs(cfg) -> dict:
     kw = {}
     if cfg.optim.warmup_epochs:
         kw["warmup_epochs"] = cfg.optim.warmup_epochs
+        kw["reference_lr"] = cfg.optim.base_lr   # Goyal et al.: warm up from the unscaled LR
     if cfg.optim.regime == "cosine":
         kw["total_epochs"] = cfg.train.epochs
     if cfg.optim.regime_scale != 1:

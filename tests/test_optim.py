@@ -81,6 +81,33 @@ def test_warmup_default_starts_at_zero():
     assert [lr_at(s, t) for t in (0, 5, 10, 11)] == pytest.approx([0.0, 0.2, 0.4, 0.4])
 
 
+def test_large_batch_warmup_ramps_from_the_reference_lr_to_the_scaled_lr():
+    # Goyal et al.: B = 8192 is k = 32 x 256, LR 0.1 -> 3.2 over 5 epochs, then the regime.
+    scaled = optim.scale_lr(0.1, 8192, "linear")
+    s = optim.make_schedule("imagenet", scaled, SPE, warmup_epochs=5, reference_lr=0.1)
+    assert [lr_at(s, t) for t in (0, 25, 50, 299, 300)] == pytest.approx([0.1, 1.65, 3.2, 3.2, 0.32])
+    # An explicit start wins; an unscaled LR (nothing to ramp from) and cosine start at 0.
+    explicit = optim.make_schedule("imagenet", scaled, SPE, warmup_epochs=5, reference_lr=0.1,
+                                   warmup_start_lr=0.0)
+    assert lr_at(explicit, 0) == 0.0
+    assert lr_at(optim.make_schedule("imagenet", 0.1, SPE, warmup_epochs=5, reference_lr=0.1), 0) == 0.0
+    cosine = optim.make_schedule("cosine", scaled, SPE, total_epochs=90, warmup_epochs=5, reference_lr=0.1)
+    assert lr_at(cosine, 0) == 0.0
+
+
+def test_ba_train_schedule_warms_up_from_the_config_lr():
+    """The schedule ba-train builds for the 512-node run (slurm/resnet50_imagenet_512nodes.sh)."""
+    from pathlib import Path
+    from ba_dist import config as config_lib, train
+    repo = Path(__file__).resolve().parents[1]
+    cfg = config_lib.load_config_file(f"{repo}/configs/resnet50_imagenet.py:fixed_steps")
+    cfg.input.batch_size, cfg.optim.lr_scaling, cfg.optim.warmup_epochs = 8192, "linear", 5.0
+    spe = 1_281_167 // 8192
+    lr = optim.scale_lr(cfg.optim.base_lr, cfg.input.batch_size, cfg.optim.lr_scaling)
+    s = optim.make_schedule(cfg.optim.regime, lr, spe, **train._schedule_kwargs(cfg))
+    assert lr_at(s, 0) == pytest.approx(0.1) and lr_at(s, 5 * spe) == pytest.approx(3.2)
+
+
 def test_schedule_argument_errors():
     with pytest.raises(ValueError, match="exactly one"):
         optim.PiecewiseConstantWithWarmup(0.1, [1], SPE)
