@@ -50,6 +50,7 @@ __all__ = [
     "ba_only",
     "row_for_config",
     "cifar_config",
+    "cell_network_config",
     "imagenet_config",
 ]
 
@@ -248,6 +249,25 @@ def cifar_config(dataset: str) -> ml_collections.ConfigDict:
     c.input.normalize = "cifar10"
     c.input.eval_transform = "none"
     c.optim.momentum = 0.9
+    return c
+
+
+def cell_network_config(model: str) -> ml_collections.ConfigDict:
+    """Base config of the DARTS and AmoebaNet rows: DARTS's CIFAR-10 evaluation regime.
+
+    Liu et al. 2019 (A.2), as the BA authors' code trains both networks: B = 96,
+    600 epochs, LR 0.025 cosine-annealed to 0, momentum 0.9, weight decay 3e-4 on
+    neither batch-norm parameters nor biases, pad-4 crop + flip + 16x16 cutout.
+    """
+    c = cifar_config("cifar10")
+    c.model.name = model
+    c.input.augment = "cifar_cutout"
+    c.input.batch_size = 96            # B unique
+    c.optim.base_lr = 0.025
+    c.optim.regime = "cosine"
+    c.optim.weight_decay = 3e-4
+    c.optim.decay_biases = False
+    c.train.epochs = 600
     return c
 
 

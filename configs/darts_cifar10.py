@@ -34,13 +34,5 @@ from ba_dist import paper_tables
 
 
 def get_config(arg=None):
-    c = paper_tables.cifar_config("cifar10")
-    c.model.name = "darts"
-    c.input.augment = "cifar_cutout"   # DARTS trains with cutout 16
-    c.input.batch_size = 96            # B unique
-    c.optim.base_lr = 0.025
-    c.optim.regime = "cosine"
-    c.optim.weight_decay = 3e-4
-    c.optim.decay_biases = False
-    c.train.epochs = 600
+    c = paper_tables.cell_network_config("darts")   # B 96, 600 epochs, cosine LR 0.025, wd 3e-4
     return paper_tables.variant(c, arg, paper_tables.TABLE2["darts_cifar10"])
