@@ -135,9 +135,9 @@ class TTARow(NamedTuple):
 
 
 # Table 5 (appendix E): single-crop vs 10-copy test-time augmentation, keyed by the
-# Table 2 row; the paper says BA was trained with M=10 (for DARTS and AmoebaNet its
-# single-crop numbers are those of Table 2's M = 8 rows). docs/reproduce.md and the
-# configs' docstrings quote it (tests/test_configs.py checks both).
+# Table 2 row; the paper says BA was trained with M=10 (yet for DARTS and AmoebaNet its
+# single-crop numbers repeat Table 2's M = 8 ones). docs/reproduce.md and the configs'
+# docstrings quote it (tests/test_configs.py checks both, and the "Improvement" column).
 TABLE5: dict[str, TTARow] = {
     "resnet44_cifar10": TTARow(0.9341, 0.9503, 0.9433, 0.9600),
     "darts_cifar10": TTARow(0.9763, 0.9785, 0.9773, 0.9813),
