@@ -26,6 +26,7 @@ setup(
         "tensorflow-datasets",
         "scikit-learn",  # ships the embedded UCI digits (no download)
         "pillow",
+        "google-crc32c",  # TFRecord record checks (C implementation)
         "matplotlib",
         "sacrebleu",  # BLEU for the Transformer (ba-eval-seq)
         # Horovod itself is compiled by scripts/bootstrap.sh (needs TF first).

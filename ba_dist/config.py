@@ -140,9 +140,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def _check_names(c) -> None:
     # Names are checked against the registries without importing TensorFlow-heavy modules twice.
     from ba_dist.data import sources
-    sources._register_file_sources()
-    if c.input.dataset not in sources.SOURCES:
-        raise ConfigError(f"input.dataset={c.input.dataset!r}: unknown; known: {', '.join(sorted(sources.SOURCES))}")
+    if c.input.dataset not in sources.source_names():
+        raise ConfigError(f"input.dataset={c.input.dataset!r}: unknown; known: {', '.join(sources.source_names())}")
     from ba_dist import models
     if c.model.name not in models.MODEL_NAMES:
         raise ConfigError(f"model.name={c.model.name!r}: unknown; known: {', '.join(models.MODEL_NAMES)}")

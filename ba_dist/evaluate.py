@@ -17,12 +17,17 @@ command line or workdir.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Optional
+
+from absl import app, flags
+
+from ba_dist import cli
+
+FLAGS = flags.FLAGS
 
 __all__ = ["EvalError", "evaluate", "format_table", "load_run_config", "run"]
 
@@ -77,17 +82,22 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     import tensorflow as tf
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    from ba_dist import train, trainer
+    from ba_dist import models, trainer
     from ba_dist.checkpoint import CheckpointError, CheckpointManager
-    from ba_dist.data import pipeline, sources
+    from ba_dist.data import build as data_build
+    from ba_dist.data import sources
+    from ba_dist.data.evaluation import make_eval_dataset
 
     # ---- data and network, exactly as ba-train built them
     src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
     # Only normalisation, transforms and seed of the spec matter here; evaluation
     # has one "group" per rank and no copies.
     eval_layout = config_lib.Layout(world, world, 1, 1, 1, world, 1)
-    spec = train.make_spec(cfg, eval_layout, src)
-    net, in_shape = train.build_net(cfg, src, spec)
+    spec = data_build.make_spec(cfg, eval_layout, src)
+    in_shape = data_build.input_shape(spec, src)
+    # models directly, not train.build_net: importing ba_dist.train would define its absl flags twice
+    net = models.build_model(cfg.model.name, src.num_classes, in_shape, bn=cfg.model.bn,
+                             ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
 
     # ---- restore: rank 0 reads, everybody gets the weights by broadcast
     manager = CheckpointManager(Path(workdir) / "checkpoints", is_writer=False)
@@ -108,12 +118,12 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
 
     # ---- evaluate: exact sums over the sharded split
     per_rank = batch_size or cfg.input.eval_batch_size
-    ds, _ = pipeline.make_eval_dataset(src, spec, rank, world, per_rank, src.image_shape)
+    ds, _ = make_eval_dataset(src, spec, rank, world, per_rank, src.image_shape)
     out = dict(workdir=str(workdir), checkpoint=info, world_size=world,
                single_crop=dict(trainer.evaluate_sharded(net, ds, hvd, src.num_classes), transform=spec.eval_transform))
     if tta:
         # per_rank images per forward pass: per_rank // tta samples of tta copies
-        ds, _ = pipeline.make_eval_dataset(src, spec, rank, world, max(1, per_rank // tta), src.image_shape, tta=tta)
+        ds, _ = make_eval_dataset(src, spec, rank, world, max(1, per_rank // tta), src.image_shape, tta=tta)
         out["tta"] = dict(trainer.evaluate_sharded(net, ds, hvd, src.num_classes), copies=tta, augment=spec.augment)
         err1, errt = 1 - out["single_crop"]["val_top1"], 1 - out["tta"]["val_top1"]
         out["tta"]["error_reduction"] = (err1 - errt) / err1 if err1 > 0 else 0.0
@@ -133,41 +143,47 @@ def format_table(out: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ba-eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", required=True, help="workdir of a ba-train run (config.json, checkpoints/)")
-    p.add_argument("--checkpoint", default="latest",
-                   help="'latest' (the final weights: what Table 2 reports), 'best' (best val_top1) or a "
-                        "checkpoint directory (absolute, or relative to WORKDIR/checkpoints)")
-    p.add_argument("--tta", type=int, default=0,
-                   help="test-time augmentation copies per sample (0: single-crop only; the paper used 10)")
-    p.add_argument("--batch_size", type=int, default=0,
-                   help="images per rank per forward pass (0: the run's input.eval_batch_size)")
-    return p.parse_args(argv)
+def _define_flags() -> None:
+    # defined when the command runs, not on import: ba_dist.train has a --workdir too
+    if "tta" in FLAGS:
+        return
+    flags.DEFINE_string("workdir", None, "workdir of a ba-train run (config.json, checkpoints/)")
+    flags.DEFINE_string("checkpoint", "latest", "'latest' (the final weights: what Table 2 reports), 'best' (best "
+                        "val_top1) or a checkpoint directory (absolute, or relative to WORKDIR/checkpoints)")
+    flags.DEFINE_integer("tta", 0, "test-time augmentation copies per sample (0: single-crop only; the paper used 10)")
+    flags.DEFINE_integer("batch_size", 0, "images per rank per forward pass (0: the run's input.eval_batch_size)")
 
 
-def main(argv: Optional[list] = None) -> int:
-    args = parse_args(argv)
+FLAG_NAMES = ["workdir", "checkpoint", "tta", "batch_size"]
+
+
+def main(argv) -> int:
+    """absl main: evaluate ``--workdir``'s checkpoint; rank 0 writes ``eval.json``."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required", exitcode=2)
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
     from ba_dist.config import ConfigError
     from ba_dist.data.sources import DataSourceError
     try:
-        out = evaluate(args.workdir, args.checkpoint, args.tta, args.batch_size)
+        out = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.tta, FLAGS.batch_size)
     except (EvalError, ConfigError, DataSourceError) as e:
         _say(rank, f"error: {e}")
         sys.stdout.flush()
         os._exit(2)  # every rank raised the same error: no collective is pending
     _say(rank, "\n" + format_table(out))
     if rank == 0:
-        path = Path(args.workdir) / "eval.json"
+        path = Path(FLAGS.workdir) / "eval.json"
         path.write_text(json.dumps(out, indent=1, default=float))
         _say(rank, f"wrote {path}")
     return 0
 
 
-def run():
-    """Console-script entry point (``ba-eval``)."""
-    sys.exit(main())
+def run(argv: Optional[list] = None):
+    """Console-script entry point (``ba-eval``); ``argv`` without the program name, for tests."""
+    _define_flags()
+    cli.run(main, usage=__doc__, flag_names=FLAG_NAMES, argv=None if argv is None else ["ba-eval", *argv])
 
 
 if __name__ == "__main__":

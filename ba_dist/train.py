@@ -55,8 +55,7 @@ def main(cfg, workdir: str) -> int:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
     from ba_dist import optim, trainer
     from ba_dist.checkpoint import CheckpointManager, restore_for_all_ranks
-    from ba_dist.data import pipeline, sources
-    from ba_dist.data.sampler import GroupSampler
+    from ba_dist.data import build as data_build
 
     wd = Path(workdir)
     if topo.is_chief:
@@ -65,15 +64,10 @@ def main(cfg, workdir: str) -> int:
     _say(rank, lay.describe())
 
     # ---- 3. input pipeline
-    train_src = sources.get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
-    eval_src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
-    spec = make_spec(cfg, lay, train_src)
-    sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
-    spe = sampler.steps_per_epoch
-    net, in_shape = build_net(cfg, train_src, spec)
-    _say(rank, f"data: {train_src.name} train {len(train_src)} / eval {len(eval_src)} samples, "
-               f"{spe} steps per epoch x {cfg.train.epochs} epochs, augment '{spec.augment}', "
-               f"broadcast '{spec.broadcast}', input {in_shape}")
+    data = data_build.build(cfg, lay, ctx)
+    spe = data.steps_per_epoch
+    net = build_net(cfg, data.num_classes, data.input_shape)
+    _say(rank, f"data: {data.describe(cfg.train.epochs)}")
 
     # ---- 4. model and optimizer
     scaling_batch = lay.unique_batch if cfg.optim.lr_scaling_batch == "unique" else lay.global_batch
@@ -118,23 +112,15 @@ def main(cfg, workdir: str) -> int:
             _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
 
     def evaluate():
-        ds, _ = pipeline.make_eval_dataset(eval_src, spec, topo.rank, topo.world_size,
-                                           cfg.input.eval_batch_size, eval_src.image_shape)
-        return trainer.evaluate_sharded(net, ds, hvd, eval_src.num_classes)
-
-    loaders = []
+        return trainer.evaluate_sharded(net, data.eval_dataset(), hvd, data.eval_source.num_classes)
 
     def skipped_total() -> int:
         # corrupt samples replaced so far, counted once per group (by its reader), summed over groups
-        local = sum(l.skipped for l in loaders) if topo.is_reader else 0
-        return int(hvd.allreduce(tf.constant(local, tf.float64), op=hvd.Sum, name="ba_skipped").numpy())
+        return int(hvd.allreduce(tf.constant(data.skipped(), tf.float64), op=hvd.Sum, name="ba_skipped").numpy())
 
     def run_fit(first_epoch: int, last_epoch: int, offset: int):
         steps = (last_epoch - first_epoch) * spe - offset
-        loader = pipeline.GroupLoader(train_src, sampler, spec, topo, ctx.group_comm,
-                                      start_epoch=first_epoch, start_step=offset, num_steps=steps)
-        loaders.append(loader)
-        ds = pipeline.make_train_dataset(loader, spec, topo, train_src.num_classes, train_src.image_shape)
+        ds, loader = data.train_dataset(first_epoch, offset, steps)
         state.epoch_offset = offset
         cbs = [cb._StateTracker(state),
                cb.metric_average(),
@@ -185,39 +171,11 @@ def main(cfg, workdir: str) -> int:
     return 0
 
 
-def make_spec(cfg, lay, train_src):
-    """The input pipeline's :class:`PipelineSpec` from the config and the batch layout."""
-    from ba_dist.data import augment, pipeline
-    mean, std = {"none": (None, None), "cifar10": (augment.CIFAR10_MEAN, augment.CIFAR10_STD),
-                 "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD)}[cfg.input.normalize]
-    return pipeline.PipelineSpec(
-        per_rank_unique=lay.per_rank_unique, m_local=lay.m_local,
-        augment=cfg.input.augment or train_src.default_augment,
-        eval_transform=cfg.input.eval_transform or train_src.default_eval,
-        broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
-        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
-
-
-def build_net(cfg, train_src, spec):
-    """The network for the config; its input shape is what the augmentation outputs."""
+def build_net(cfg, num_classes: int, in_shape: tuple):
+    """The network for the config; ``in_shape`` is what the augmentation outputs."""
     from ba_dist import models
-    from ba_dist.data import pipeline
-    in_shape = pipeline.output_shape(spec.augment, _first_loadable(train_src))
-    net = models.build_model(cfg.model.name, train_src.num_classes, in_shape, bn=cfg.model.bn,
-                             ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
-    return net, in_shape
-
-
-def _first_loadable(src, tries: int = 100):
-    """A sample to size the network's input with: a corrupt sample 0 must not stop an on_corrupt='skip' run."""
-    from ba_dist.data.sources import CorruptSampleError, DataSourceError
-    errors = []
-    for i in range(min(len(src), tries)):
-        try:
-            return src.load(i)
-        except CorruptSampleError as e:
-            errors.append(str(e))
-    raise DataSourceError(f"none of the first {len(errors)} training samples loads: {'; '.join(errors[:3])} ...")
+    return models.build_model(cfg.model.name, num_classes, in_shape, bn=cfg.model.bn,
+                              ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
 
 
 def _schedule_kwargs(cfg) -> dict:

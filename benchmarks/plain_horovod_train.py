@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 import horovod.tensorflow.keras as hvd  # noqa: E402
 
 from ba_dist.data import augment as aug  # noqa: E402
-from ba_dist.data.sources import SyntheticSource  # noqa: E402
+from ba_dist.data.arrays import SyntheticSource  # noqa: E402
 from ba_dist.models import build_model  # noqa: E402
 
 model_name, n, per_rank, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

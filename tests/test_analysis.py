@@ -45,13 +45,15 @@ WORKER = textwrap.dedent("""
     from ba_dist.analysis import cli
     from ba_dist.analysis.gradstats import GradStatsLogger
     from ba_dist.checkpoint import CheckpointManager
+    from ba_dist.data import build as data_build
     from ba_dist.data import sources
 
     out = Path(sys.argv[1]); wd = out / "run"
     cfg = config_lib.load_config_file(sys.argv[2])
     src = sources.get_source("digits")
     tf.keras.utils.set_random_seed(0)
-    net, _ = train.build_net(cfg, src, train.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), src))
+    spec = data_build.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), src)
+    net = train.build_net(cfg, src.num_classes, data_build.input_shape(spec, src))
     hvd.broadcast_variables(net.variables, root_rank=0)
     opt = optim.make_optimizer(0.05)
     model = trainer.BATrainModel(net, hvd, weight_decay=5e-4)

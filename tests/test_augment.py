@@ -206,18 +206,6 @@ def test_get_augment_unknown_name_lists_known_ones():
         A.get_augment("cifar", size=3)
 
 
-def test_copies_apply_op_per_seed():
-    fn = A.get_augment("cifar_cutout")
-    seeds = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8]], tf.int64)
-    out = A.copies(IMAGE, seeds, fn).numpy()
-    assert out.shape == (4,) + IMAGE.shape
-    for i in range(4):
-        np.testing.assert_array_equal(out[i], fn(IMAGE, seeds[i]).numpy())
-    assert not np.array_equal(out[0], out[1])
-    with pytest.raises(ValueError, match=r"\[M, 2\]"):
-        A.copies(IMAGE, tf.constant([1, 2]), fn)
-
-
 def test_normalize_per_channel():
     out = A.normalize(np.full((2, 2, 3), 255, np.uint8), A.IMAGENET_MEAN, A.IMAGENET_STD)
     expected = (255 - np.array(A.IMAGENET_MEAN)) / np.array(A.IMAGENET_STD)

@@ -7,8 +7,9 @@ import pytest
 import tensorflow as tf
 
 from ba_dist import trainer
-from ba_dist.data import pipeline
-from ba_dist.data.sources import SyntheticSource
+from ba_dist.data.arrays import SyntheticSource
+from ba_dist.data.evaluation import make_eval_dataset
+from ba_dist.data.loader import PipelineSpec
 from launcher import PYTHON, mpirun, rank_env, run
 
 BA_TRAIN = [PYTHON, "-m", "ba_dist.train"]
@@ -58,8 +59,8 @@ def test_single_copy_tta_equals_plain_evaluation_of_the_same_images():
 
 def _tta_images(world, rank, copies=3):
     src = SyntheticSource("validation", num_examples=5, image_shape=(32, 32, 3), num_classes=10, seed=0)
-    spec = pipeline.PipelineSpec(per_rank_unique=1, augment="cifar", eval_transform="none", seed=7, read_threads=1)
-    ds, n = pipeline.make_eval_dataset(src, spec, rank, world, batch_size=2, image_shape=src.image_shape, tta=copies)
+    spec = PipelineSpec(per_rank_unique=1, augment="cifar", eval_transform="none", seed=7, read_threads=1)
+    ds, n = make_eval_dataset(src, spec, rank, world, batch_size=2, image_shape=src.image_shape, tta=copies)
     batches = list(ds)
     assert len(batches) == n
     return np.concatenate([b[0].numpy() for b in batches]), np.concatenate([b[2].numpy() for b in batches])

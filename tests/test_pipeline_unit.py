@@ -3,9 +3,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist import dist
+from ba_dist import ba, dist
 from ba_dist.data import augment as aug
-from ba_dist.data import pipeline, sources
+from ba_dist.data import sources
+from ba_dist.data.batching import make_train_dataset
+from ba_dist.data.loader import GroupLoader, PipelineSpec
 from ba_dist.data.sampler import GroupSampler, eval_shard
 
 
@@ -39,19 +41,19 @@ def test_eval_shard_counts_every_sample_once(n, world):
     assert len(counts) == 1 and sorted(seen) == list(range(n))
 
 
-def test_batch_augment_is_copy_major_and_matches_the_tf_data_path():
+def test_ba_batch_is_copy_major_and_matches_the_tf_data_path():
     ctx = dist.init()
     src = sources.get_source("digits")
     b, m = 8, 3
-    spec = pipeline.PipelineSpec(per_rank_unique=b, m_local=m, augment="digits", seed=11)
+    spec = PipelineSpec(per_rank_unique=b, m_local=m, augment="digits", seed=11)
     sampler = GroupSampler(len(src), 1, b, seed=11)
-    loader = pipeline.GroupLoader(src, sampler, spec, ctx.topology, ctx.group_comm, num_steps=1)
-    x_data, y_data = next(iter(pipeline.make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)))
+    loader = GroupLoader(src, sampler, spec, ctx.topology, ctx.group_comm, num_steps=1)
+    x_data, y_data = next(iter(make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)))
     ids = sampler.epoch_ids(0, 0)[0]
     images = np.stack([src.load(int(i)) for i in ids])
     labels = tf.one_hot([src.label(int(i)) for i in ids], 10)
-    seeds = pipeline.augment_seeds(spec.seed, 0, 0, ids, m)
-    x, y = pipeline.batch_augment(images, labels, seeds, aug.get_augment("digits"), m)
+    x = ba.ba_batch(images, ba.batch_seeds(spec.seed, 0, 0, ids, m), aug.get_augment("digits"))
+    y = ba.repeat(labels, m)
     # the pure function and the pipeline agree exactly (pipeline divides by 255)
     np.testing.assert_allclose(x.numpy() / 255.0, x_data.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_array_equal(y.numpy(), y_data.numpy())

@@ -75,12 +75,13 @@ def _grad_corr(args, say) -> int:
     from ba_dist import train
     from ba_dist.analysis import grad_corr as gc
     from ba_dist.data import augment as aug
+    from ba_dist.data import build as data_build
     from ba_dist.data import sources
 
     train_src = sources.get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
     eval_src = sources.get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
     # make_spec reads only the per-rank sizes from the layout; any valid pair will do here.
-    spec = train.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), train_src)
+    spec = data_build.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), train_src)
     in_shape = None
     names = args.augment or None
     eval_fn = aug.get_augment(spec.eval_transform)
@@ -98,7 +99,8 @@ def _grad_corr(args, say) -> int:
         meta = {"epoch": 0, "global_step": 0}
         if state == "init":
             tf.keras.utils.set_random_seed(cfg.seed)   # the init of a train.deterministic run
-        net, in_shape = train.build_net(cfg, train_src, spec)
+        in_shape = data_build.input_shape(spec, train_src)
+        net = train.build_net(cfg, train_src.num_classes, in_shape)
         if state == "trained":
             tf.train.Checkpoint(net=net).read(str(ckpt / "state")).expect_partial() \
                 .assert_existing_objects_matched()

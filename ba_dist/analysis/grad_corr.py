@@ -42,6 +42,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from ba_dist import ba
 from ba_dist.data import augment as aug
 
 __all__ = [
@@ -206,12 +207,6 @@ def sample_pairs(source, n: int, seed: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _aug_seed(seed: int, sample: int, aug_set: int) -> tf.Tensor:
-    s = tf.constant([int(seed), 0], tf.int64)
-    s = tf.random.experimental.stateless_fold_in(s, sample)
-    return tf.random.experimental.stateless_fold_in(s, aug_set)
-
-
 def _identity(x):
     return x / 255.0
 
@@ -248,7 +243,7 @@ def per_sample_correlations(model: tf.keras.Model, source, augment_fns: Mapping[
         x, y, w = triples[i]
         img_x = source.load(x)
         images = [eval_fn(img_x, zero)]
-        images += [augment_fns[k](img_x, _aug_seed(seed, i, j)) for j, k in enumerate(names)]
+        images += [augment_fns[k](img_x, ba.analysis_seed(seed, i, j)) for j, k in enumerate(names)]
         images += [eval_fn(source.load(y), zero), eval_fn(source.load(w), zero)]
         label = source.label(x)
         labels = [label] * (1 + len(names)) + [source.label(y), source.label(w)]

@@ -15,7 +15,7 @@ name::
     aug = get_augment("cifar_cutout")             # or get_cifar_cutout()
     aug = get_augment("cifar|cutout(size=8)")     # chained from a string
     x = aug(image, seed)                          # [32, 32, 3] float32
-    xs = copies(image, seeds, aug)                # seeds [M, 2] -> [M, 32, 32, 3]
+    xs = ba.sample_copies(image, seeds, aug)      # ba_dist.ba; seeds [M, 2] -> [M, 32, 32, 3]
 
 ``mixup_batch`` is a batch-level op; apply it after the BA copies are made.
 """
@@ -37,7 +37,6 @@ __all__ = [
     "INCEPTION_ASPECT_RANGE",
     "LIGHT_AREA_RANGE",
     "chain",
-    "copies",
     "decode_and_crop_imagenet",
     "get_alexnet",
     "get_augment",
@@ -406,28 +405,6 @@ def get_augment(name: str, **kwargs) -> AugmentFn:
         except TypeError as e:  # unexpected keyword: make it a user-facing error
             raise ValueError(f"Bad arguments for augmentation {op!r}: {e}.") from None
     return fns[0] if len(fns) == 1 else chain(*fns)
-
-
-def copies(image: tf.Tensor, seeds: tf.Tensor, fn: AugmentFn) -> tf.Tensor:
-    """The M augmented copies of one sample, one per row of `seeds`.
-
-    Args:
-        image: one ``[H, W, C]`` image (decoded once, augmented M times).
-        seeds: ``[M, 2]`` int seeds, one per copy.
-        fn: an augmentation op.
-
-    Returns:
-        float32 ``[M, H', W', C]``; copy ``i`` equals ``fn(image, seeds[i])``.
-    """
-    seeds = tf.convert_to_tensor(seeds)
-    if seeds.shape.rank is not None and (seeds.shape.rank != 2 or
-                                          not seeds.shape[1:].is_compatible_with([2])):
-        raise ValueError(f"seeds must have shape [M, 2], got {seeds.shape}.")
-    image = tf.convert_to_tensor(image)
-    # map_fn, not vectorized_map: pfor has no rule for the bounding-box sampler
-    # and would silently fall back to a loop anyway.
-    return tf.map_fn(lambda s: fn(image, s), seeds,
-                     fn_output_signature=tf.float32)
 
 
 # ----------------------------------------------------------------------------

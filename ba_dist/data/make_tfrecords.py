@@ -1,6 +1,6 @@
 """Write an image folder as ImageNet-style TFRecord shards.
 
-    python -m ba_dist.data.make_tfrecords --src /data/imagenet --out /data/imagenet-tfr \\
+    ba-make-tfrecords --src /data/imagenet --out /data/imagenet-tfr \\
         --split train --num-shards 1024 [--label-offset 0] [--workers 8] [--strict]
 
 ``--src`` holds ``<split>/<class>/*.jpg`` (or the class folders directly).
@@ -21,7 +21,6 @@ Each shard is written to a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import multiprocessing
 import os
@@ -31,8 +30,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import app, flags
 
-from ba_dist.data.files import _SPLIT_ALIASES, ImageFolderSource, decode_image_bytes, sniff_format
+from ba_dist import cli
+from ba_dist.data.folder import ImageFolderSource
+from ba_dist.data.images import decode_image_bytes, sniff_format, split_names
 from ba_dist.data.sources import CorruptSampleError
 
 __all__ = ["ShardSummary", "write_shards", "main"]
@@ -114,7 +116,7 @@ def write_shards(src: str, out_dir: str, split: str = "train", num_shards: int =
     if num_shards < 1 or workers < 1:
         raise ValueError(f"num_shards and workers must be >= 1, got {num_shards}, {workers}")
     start = time.time()
-    has_split = any(os.path.isdir(os.path.join(src, n)) for n in _SPLIT_ALIASES.get(split, (split,)))
+    has_split = any(os.path.isdir(os.path.join(src, n)) for n in split_names(split))
     source = ImageFolderSource(src, split if has_split else None)
     # A fixed-seed shuffle dealt round-robin: shard sizes differ by at most one
     # and every shard mixes all classes.
@@ -151,25 +153,52 @@ def write_shards(src: str, out_dir: str, split: str = "train", num_shards: int =
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ba_dist.data.make_tfrecords",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", required=True, help="image folder: <split>/<class>/*.jpg or <class>/*.jpg")
-    parser.add_argument("--out", required=True, help="output directory for the shards")
-    parser.add_argument("--split", default="train", help="split name, also the shard prefix")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--label-offset", type=int, default=0, help="added to the class index (1 = TF models)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle before sharding")
-    parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
-    parser.add_argument("--strict", action="store_true", help="stop at the first bad image")
-    args = parser.parse_args(argv)
+FLAGS = flags.FLAGS
+# (name, kind, default, help); defined when the command runs, not on import, so
+# importing write_shards next to another command's flags cannot clash.
+_FLAGS = [
+    ("src", "string", None, "image folder: <split>/<class>/*.jpg or <class>/*.jpg (required)"),
+    ("out", "string", None, "output directory for the shards (required)"),
+    ("split", "string", "train", "split name, also the shard prefix"),
+    ("num-shards", "integer", 1, "number of shards"),
+    ("label-offset", "integer", 0, "added to the class index (1 = TF models)"),
+    ("seed", "integer", 0, "seed of the shuffle before sharding"),
+    ("workers", "integer", 1, "parallel shard writers"),
+    ("strict", "bool", False, "stop at the first bad image"),
+]
+FLAG_NAMES = [f[0] for f in _FLAGS]
+
+
+def _define_flags() -> None:
+    for name, kind, default, help_ in _FLAGS:
+        if name not in FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+
+
+def _main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
+    for name in ("src", "out"):
+        if not FLAGS[name].value:
+            raise app.UsageError(f"--{name} is required", exitcode=2)
     try:
-        write_shards(args.src, args.out, args.split, args.num_shards, args.label_offset, args.seed,
-                     args.strict, args.workers)
+        write_shards(FLAGS.src, FLAGS.out, FLAGS.split, FLAGS["num-shards"].value, FLAGS["label-offset"].value,
+                     FLAGS.seed, FLAGS.strict, FLAGS.workers)
     except (ValueError, CorruptSampleError) as e:  # DataSourceError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``ba-make-tfrecords``; with ``argv`` (flags only) it runs in-process and returns the exit code."""
+    _define_flags()
+    if argv is None:
+        cli.run(_main, usage=__doc__, flag_names=FLAG_NAMES)
+    for name in FLAG_NAMES:  # an in-process call starts from the defaults
+        FLAGS[name].unparse()
+    FLAGS(["ba-make-tfrecords", *argv])
+    return _main(["ba-make-tfrecords"])
 
 
 if __name__ == "__main__":

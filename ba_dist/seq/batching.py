@@ -4,7 +4,7 @@ BA for sequences repeats every unique sequence ``M = m_ranks x m_local`` times
 in the global batch; the copies differ only by their dropout masks
 (:mod:`ba_dist.seq.dropout`). As for images, a group is ``m_ranks``
 consecutive ranks that see the same unique sequences, and each rank repeats
-them ``m_local`` times, copy-major (:func:`ba_repeat`)::
+them ``m_local`` times, copy-major (:func:`ba_dist.ba.repeat`)::
 
     rank batch = [copy 0 of the group's sequences, copy 1, ..., copy m_local-1]
 
@@ -34,18 +34,12 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from ba_dist import ba
 from ba_dist.data.sampler import GroupSampler, eval_shard
 from ba_dist.seq.data import PAD, Ragged
 
-__all__ = ["ba_repeat", "lm_streams", "LMBatcher", "lm_eval_rows", "token_batches", "pad_batch",
+__all__ = ["lm_streams", "LMBatcher", "lm_eval_rows", "token_batches", "pad_batch",
            "TranslationBatcher", "translation_eval_batches"]
-
-
-def ba_repeat(x: np.ndarray, m_local: int) -> np.ndarray:
-    """``m_local`` copies of the rows of ``x``, copy-major: ``[x; x; ...]``."""
-    if m_local < 1:
-        raise ValueError(f"m_local must be >= 1, got {m_local}")
-    return np.concatenate([x] * m_local, axis=0) if m_local > 1 else x
 
 
 def lm_streams(ids: np.ndarray, num_streams: int) -> np.ndarray:
@@ -83,7 +77,7 @@ class LMBatcher:
         lo = step * self.bptt
         x = self.streams[:, lo:lo + self.bptt]
         y = self.streams[:, lo + 1:lo + 1 + self.bptt]
-        return ba_repeat(x, self.m_local), ba_repeat(y, self.m_local)
+        return ba.repeat(x, self.m_local), ba.repeat(y, self.m_local)
 
     def iterate(self, start_epoch: int, start_step: int, num_steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``num_steps`` batches from ``(start_epoch, start_step)`` on; every epoch walks the same streams."""
@@ -189,7 +183,7 @@ class TranslationBatcher:
         """``((source, decoder input), decoder target)``, each ``m_local x n`` rows, copy-major."""
         s, ti, to = _pairs(self.src, self.tgt, self.batch_ids(epoch, step), self.bos)
         r = self.m_local
-        return (ba_repeat(s, r), ba_repeat(ti, r)), ba_repeat(to, r)
+        return (ba.repeat(s, r), ba.repeat(ti, r)), ba.repeat(to, r)
 
     def iterate(self, start_epoch: int, start_step: int, num_steps: int):
         epoch, step = start_epoch, start_step

@@ -5,7 +5,7 @@ times in the batch and lets dropout make the copies differ. Here that is
 explicit rather than a side effect of a stateful RNG. Every mask is drawn with
 stateless ops from a seed that names exactly what it belongs to::
 
-    step seed  = fold(fold([seed, 0], step), rank)     one per rank per step (the trainer)
+    step seed  = fold(fold([seed, 0], step), rank)     one per rank per step (ba_dist.ba.step_seed)
     site seed  = fold(step seed, key)                   one per dropout layer (``key``)
     copy seed  = fold(site seed, copy)                  one per local copy c < m_local
 
@@ -27,18 +27,9 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
+from ba_dist.ba import fold, step_seed
+
 __all__ = ["fold", "step_seed", "dropout_mask", "ba_dropout", "SeededDropout"]
-
-
-def fold(seed, data) -> tf.Tensor:
-    """A new ``int64 [2]`` stateless seed from ``seed`` and an integer ``data`` (a keyed hash)."""
-    seed = tf.cast(seed, tf.int64)
-    return tf.cast(tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64)), tf.int64)
-
-
-def step_seed(seed: int, step, rank) -> tf.Tensor:
-    """The dropout seed of one rank at one optimizer step (see module docstring)."""
-    return fold(fold(tf.constant([seed, 0], tf.int64), step), rank)
 
 
 def dropout_mask(shape, rate: float, seed, copies: int = 1) -> tf.Tensor:

@@ -23,10 +23,11 @@ from PIL import Image
 
 import faultlib
 from ba_dist import dist
-from ba_dist.data import pipeline
-from ba_dist.data.files import ImageFolderSource, TFRecordSource
+from ba_dist.data import loader as data_loader
+from ba_dist.data.folder import ImageFolderSource
 from ba_dist.data.sampler import GroupSampler
 from ba_dist.data.sources import DataSourceError, get_source
+from ba_dist.data.tfrecord import TFRecordSource
 from launcher import REPO
 
 FOLDER_CONFIG = str(REPO / "tests/faults/folder_config.py")
@@ -111,7 +112,7 @@ def _shard(path, records: list[bytes]) -> str:
 
 
 def _flip_middle_of_record(path, k: int) -> None:
-    from ba_dist.data.files import scan_tfrecord
+    from ba_dist.data.tfrecord import scan_tfrecord
     offsets, lengths, _ = scan_tfrecord(path)
     raw = bytearray(open(path, "rb").read())
     raw[int(offsets[k] + lengths[k] // 2)] ^= 0xFF
@@ -152,8 +153,8 @@ def _source(tmp_path, kind):
 def _one_epoch(src, on_corrupt: str, timeout: float = 60):
     """One epoch of a one-rank GroupLoader in which a single step holds every sample."""
     sampler = GroupSampler(len(src), 1, len(src), seed=0)
-    spec = pipeline.PipelineSpec(per_rank_unique=len(src), on_corrupt=on_corrupt, read_threads=2, prefetch=1)
-    loader = pipeline.GroupLoader(src, sampler, spec, dist.make_topology(0, 1), None, num_steps=1)
+    spec = data_loader.PipelineSpec(per_rank_unique=len(src), on_corrupt=on_corrupt, read_threads=2, prefetch=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, dist.make_topology(0, 1), None, num_steps=1)
     box = {}
 
     def consume():
@@ -196,7 +197,7 @@ def test_damaged_sample_is_skipped_and_counted(kind, tmp_path):
 def test_damaged_sample_under_on_corrupt_error_names_the_file(kind, tmp_path):
     src, where, reason = _source(tmp_path, kind)
     _, box = _one_epoch(src, "error")
-    assert isinstance(box.get("error"), pipeline.DataError), box
+    assert isinstance(box.get("error"), data_loader.DataError), box
     assert re.search(rf"{re.escape(where)} \(.*{reason}.*set input.on_corrupt='skip'", str(box["error"]))
 
 
@@ -231,7 +232,7 @@ def _truncated_tail(tmp_path):
 
 
 def _damaged_header(tmp_path):
-    from ba_dist.data.files import scan_tfrecord
+    from ba_dist.data.tfrecord import scan_tfrecord
     path = _records(tmp_path)
     offsets, _, _ = scan_tfrecord(path)
     raw = bytearray(open(path, "rb").read())

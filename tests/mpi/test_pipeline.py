@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from ba_dist import dist
-from ba_dist.data import pipeline, sources
+from ba_dist.data import loader as data_loader
+from ba_dist.data import sources
+from ba_dist.data.arrays import SyntheticSource
+from ba_dist.data.batching import make_train_dataset
 from ba_dist.data.sampler import GroupSampler
 
 M_RANKS = int(os.environ.get("BA_DIST_TEST_M_RANKS", "1"))
@@ -25,9 +28,9 @@ def ctx():
 def _loader(ctx, src, mode="decoded", n_epochs=1, seed=3, **kw):
     t = ctx.topology
     sampler = GroupSampler(len(src), t.num_groups, B_PER_RANK, seed=seed)
-    spec = pipeline.PipelineSpec(per_rank_unique=B_PER_RANK, m_local=M_LOCAL, augment="digits",
+    spec = data_loader.PipelineSpec(per_rank_unique=B_PER_RANK, m_local=M_LOCAL, augment="digits",
                                  broadcast=mode, seed=seed, **kw)
-    return pipeline.GroupLoader(src, sampler, spec, t, ctx.group_comm,
+    return data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm,
                                 num_steps=n_epochs * sampler.steps_per_epoch), sampler, spec
 
 
@@ -38,7 +41,7 @@ def _gather(ctx, obj):
 def test_same_ids_in_group_disjoint_across_groups_full_coverage(ctx):
     t = ctx.topology
     # 24 * size samples: divisible by groups * b, so one epoch covers everything once
-    src = sources.SyntheticSource(num_examples=B_PER_RANK * t.num_groups * 3, image_shape=(8, 8, 1))
+    src = SyntheticSource(num_examples=B_PER_RANK * t.num_groups * 3, image_shape=(8, 8, 1))
     loader, sampler, _ = _loader(ctx, src, n_epochs=2)
     steps = [(e, s, ids.copy()) for e, s, ids, _, _ in loader]
     assert len(steps) == 2 * sampler.steps_per_epoch == 6
@@ -60,7 +63,7 @@ def test_same_ids_in_group_disjoint_across_groups_full_coverage(ctx):
 def test_equal_step_counts_when_size_does_not_divide(ctx):
     t = ctx.topology
     n = B_PER_RANK * t.num_groups * 2 + 5  # remainder of 5 samples
-    src = sources.SyntheticSource(num_examples=n, image_shape=(8, 8, 1))
+    src = SyntheticSource(num_examples=n, image_shape=(8, 8, 1))
     loader, sampler, _ = _loader(ctx, src)
     count = sum(1 for _ in loader)
     assert count == sampler.steps_per_epoch == 2
@@ -86,7 +89,7 @@ def test_broadcast_modes_deliver_what_the_reader_decoded(ctx, mode):
 def _first_batch(ctx, seed=3):
     src = sources.get_source("digits")
     loader, _, spec = _loader(ctx, src, seed=seed)
-    ds = pipeline.make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)
+    ds = make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)
     x, y = next(iter(ds))
     assert loader.stop(timeout=30)
     return x.numpy(), y.numpy()
@@ -121,7 +124,7 @@ def damaged_data(ctx, tmp_path_factory):
     if ctx.rank == 0:
         from PIL import Image
 
-        from ba_dist.data import files
+        from ba_dist.data import tfrecord
         from ba_dist.data.make_tfrecords import write_shards
         root = tmp_path_factory.mktemp("damaged")
         rng = np.random.default_rng(0)
@@ -137,7 +140,7 @@ def damaged_data(ctx, tmp_path_factory):
         (root / "folder/train/class1/img5.jpg").write_text("not an image at all")
         # one flipped byte in the middle of the 3rd record of the first shard
         shard = sorted((root / "shards").iterdir())[0]
-        offsets, lengths, _ = files.scan_tfrecord(str(shard))
+        offsets, lengths, _ = tfrecord.scan_tfrecord(str(shard))
         raw = bytearray(shard.read_bytes())
         raw[int(offsets[2] + lengths[2] // 2)] ^= 0xFF
         shard.write_bytes(bytes(raw))
@@ -155,8 +158,8 @@ def test_corrupt_samples_skipped_in_lockstep(ctx, damaged_data, kind):
     src = sources.get_source(kind, split="train", data_dir=f"{damaged_data}/{'folder' if kind == 'folder' else 'shards'}",
                              **extra)
     sampler = GroupSampler(len(src), t.num_groups, 4, seed=1)
-    spec = pipeline.PipelineSpec(per_rank_unique=4, m_local=M_LOCAL, broadcast="decoded", on_corrupt="skip", seed=1)
-    loader = pipeline.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=sampler.steps_per_epoch)
+    spec = data_loader.PipelineSpec(per_rank_unique=4, m_local=M_LOCAL, broadcast="decoded", on_corrupt="skip", seed=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=sampler.steps_per_epoch)
     steps = _run_all(loader)
     everyone = _gather(ctx, (steps, loader.skipped))
     for r in t.group_ranks:  # identical substituted ids and counts inside the group
@@ -185,13 +188,13 @@ def test_corrupt_sample_error_policy_names_the_file(ctx, damaged_data):
     src = sources.get_source("folder", split="train", data_dir=f"{damaged_data}/folder")
     # one step covers the whole folder: each group gets half of it
     sampler = GroupSampler(len(src), t.num_groups, len(src) // t.num_groups, seed=1)
-    spec = pipeline.PipelineSpec(per_rank_unique=len(src) // t.num_groups, broadcast="decoded",
+    spec = data_loader.PipelineSpec(per_rank_unique=len(src) // t.num_groups, broadcast="decoded",
                                  on_corrupt="error", seed=1)
-    loader = pipeline.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=1)
     mine = {src.describe(int(i)) for i in sampler.epoch_ids(0, t.group_id)[0]}
     damaged = {w for w in mine if w.endswith(("class0/img3.jpg", "class1/img5.jpg"))}
     if damaged:  # every rank of the group stops, naming the reader's file
-        with pytest.raises(pipeline.DataError, match="|".join(sorted(p.split("/")[-1] for p in damaged))):
+        with pytest.raises(data_loader.DataError, match="|".join(sorted(p.split("/")[-1] for p in damaged))):
             _run_all(loader)
     else:
         assert len(_run_all(loader)) == 1

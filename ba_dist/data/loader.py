@@ -1,24 +1,14 @@
-"""The Batch Augmentation input pipeline (paper section 4.5 and appendix D).
+"""The group loader: one BA group's unique samples, read once and broadcast, step by step.
 
 One training step on one rank, with ``b`` unique samples per rank::
 
     GroupSampler  -> b ids, identical on every rank of the group
     reader rank   -> read (+ decode) the b samples once for the whole group
     broadcast     -> the other m_ranks-1 ranks of the group get them
-    every rank    -> m_local augmentations per sample, own seeds per rank/copy
-    copy-major    -> [copy 0 of b images, copy 1 of b images, ...]
-    (mixup)       -> optional, after the copies exist
-
-so each rank's batch is ``m_local x b`` examples and the global batch is
-``N ranks x m_local x b = B unique x M copies`` with ``B = groups x b`` and
-``M = m_ranks x m_local``. Copy-major layout means any ``G <= b`` consecutive
-examples are G distinct images, which is what ghost batch norm must normalise.
-
-Augmentation seeds are ``(seed, epoch, global rank, sample id, copy)``: copies
-differ across ranks and within a rank, and a rerun reproduces them exactly.
 
 Reading runs in a background thread ``prefetch`` steps ahead of training, so
-the broadcast overlaps compute; tf.data then augments in parallel.
+the broadcast overlaps compute. The copies are made afterwards, on every rank,
+by :mod:`ba_dist.data.batching`.
 """
 from __future__ import annotations
 
@@ -29,30 +19,16 @@ import logging
 import queue
 import threading
 import weakref
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from ba_dist.data import augment as aug
 from ba_dist.data import broadcast
-from ba_dist.data.sampler import GroupSampler, eval_shard
+from ba_dist.data.sampler import GroupSampler
 from ba_dist.data.sources import CorruptSampleError, Source
 
-__all__ = [
-    "DataError",
-    "PipelineSpec",
-    "copy_seeds",
-    "augment_seeds",
-    "batch_augment",
-    "GroupLoader",
-    "make_train_dataset",
-    "ba_batches",
-    "loader_elements",
-    "make_eval_dataset",
-    "output_shape",
-    "BROADCAST_MODES",
-]
+__all__ = ["DataError", "PipelineSpec", "GroupLoader", "loader_elements", "BROADCAST_MODES"]
 
 log = logging.getLogger(__name__)
 BROADCAST_MODES = ("decoded", "encoded", "none")
@@ -104,44 +80,6 @@ class PipelineSpec:
             raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
-def copy_seeds(seed, epoch, rank, sample_id, m_local: int) -> tf.Tensor:
-    """``int64 [m_local, 2]`` stateless seeds of one sample's copies on one rank.
-
-    Folds in (base seed, epoch, global rank, sample id, copy) in that order.
-    """
-    s = tf.cast(tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)]), tf.int64)
-    for part in (epoch, rank, sample_id):
-        s = tf.random.experimental.stateless_fold_in(s, tf.cast(part, tf.int64))
-    return tf.cast(tf.stack([tf.random.experimental.stateless_fold_in(s, c) for c in range(m_local)]), tf.int64)
-
-
-def augment_seeds(seed, epoch, rank, ids, m_local: int) -> tf.Tensor:
-    """``int64 [len(ids), m_local, 2]``: :func:`copy_seeds` for every sample of a batch."""
-    return tf.map_fn(lambda i: copy_seeds(seed, epoch, rank, i, m_local), tf.cast(ids, tf.int64),
-                     fn_output_signature=tf.TensorSpec([m_local, 2], tf.int64))
-
-
-def batch_augment(images, labels, seeds, augment_fn: Callable, m_local: int):
-    """BA as a pure function: ``b`` images -> ``m_local * b`` augmented examples, copy-major.
-
-    Args:
-      images: ``[b, H, W, C]`` images (one fixed size; see the tf.data path for ragged input).
-      labels: ``[b]`` or ``[b, K]``.
-      seeds: ``[b, m_local, 2]`` stateless seeds (:func:`augment_seeds`).
-      augment_fn: ``fn(image, seed) -> image``.
-      m_local: copies per image.
-
-    Returns:
-      ``(images [m_local*b, H', W', C], labels [m_local*b, ...])`` where row
-      ``c*b + i`` is copy ``c`` of image ``i``.
-    """
-    per_copy = []
-    for c in range(m_local):
-        per_copy.append(tf.map_fn(lambda a: augment_fn(a[0], a[1]), (tf.cast(images, tf.float32), seeds[:, c]),
-                                  fn_output_signature=tf.float32))
-    return tf.concat(per_copy, 0), tf.concat([labels] * m_local, 0)
-
-
 class GroupLoader:
     """Background producer of one group's unique samples, step by step.
 
@@ -165,7 +103,6 @@ class GroupLoader:
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
         self.skipped = 0
-        self.skipped_where: list[str] = []
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
@@ -213,7 +150,6 @@ class GroupLoader:
             src = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
             ids[k], labels[k], items[k] = ids[src], labels[src], items[src]
         self.skipped += len(bad)
-        self.skipped_where.extend(where)
         if self.topo.is_chief:
             log.warning("skipped %d corrupt sample(s) at epoch %d step %d: %s", len(bad), epoch, step, "; ".join(where))
         return ids, labels, items
@@ -339,12 +275,6 @@ class GroupLoader:
         return self._thread is not None and not self._thread.is_alive()
 
 
-def output_shape(augment: str, example: np.ndarray) -> tuple:
-    """Shape of one augmented example (what the model's input layer must accept)."""
-    out = aug.get_augment(augment)(tf.constant(example), tf.zeros([2], tf.int64))
-    return tuple(int(d) for d in out.shape)
-
-
 _LIVE_LOADERS: "weakref.WeakSet[GroupLoader]" = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
@@ -354,23 +284,6 @@ def _stop_live_loaders() -> None:
     # down can crash the process (exit by SIGSEGV instead of the real code).
     for loader in list(_LIVE_LOADERS):
         loader.stop(timeout=5)
-
-
-def _normalize(x, spec: PipelineSpec):
-    if spec.mean is None:
-        return x / 255.0
-    return aug.normalize(x, spec.mean, spec.std)
-
-
-def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_classes: int,
-                       image_shape: Optional[tuple] = None) -> tf.data.Dataset:
-    """tf.data dataset of this rank's BA batches ``(images [m_local*b, ...], onehot labels)``.
-
-    Elements follow the loader's steps one to one, so ``steps_per_epoch``
-    batches make one epoch on every rank.
-    """
-    return ba_batches(loader_elements(loader, spec.per_rank_unique, image_shape),
-                      aug.get_augment(spec.augment), spec, topology.rank, num_classes)
 
 
 def loader_elements(loader: GroupLoader, per_rank_unique: int,
@@ -398,101 +311,3 @@ def loader_elements(loader: GroupLoader, per_rank_unique: int,
     scalar = tf.TensorSpec([], tf.int64)
     sig = (tf.TensorSpec([None, None, None], tf.uint8), scalar, scalar, scalar, scalar)
     return tf.data.Dataset.from_generator(per_image, output_signature=sig)
-
-
-def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
-               num_classes: int, with_ids: bool = False) -> tf.data.Dataset:
-    """The BA batching shared by ba-train and the public Keras API.
-
-    Args:
-      elements: unique samples in training order, ``(image, label, id, epoch,
-        step)``; every ``per_rank_unique`` consecutive elements form one step.
-      augment_fn: ``fn(image, seed) -> image``.
-      spec: copies (``m_local``), normalisation, mixup and the base seed.
-      rank: global rank (part of every augmentation seed).
-      num_classes: for one-hot labels.
-      with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
-
-    Returns:
-      Batches ``(images [m_local*b, ...], onehot [m_local*b, K])`` in copy-major
-      order: row ``c*b + i`` is copy ``c`` of unique sample ``i``.
-    """
-    b, m = spec.per_rank_unique, spec.m_local
-
-    def copies(img, label, i, epoch, step):
-        seeds = copy_seeds(spec.seed, epoch, rank, i, m)
-        x = tf.stack([augment_fn(img, seeds[c]) for c in range(m)])
-        return _normalize(x, spec), label, i, epoch, step
-
-    ds = elements.map(copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(b, drop_remainder=True)
-
-    def copy_major(x, label, ids, epoch, step):
-        # [b, m, H, W, C] -> [m, b, H, W, C] -> [m*b, H, W, C]
-        x = tf.reshape(tf.transpose(x, [1, 0, 2, 3, 4]), tf.concat([[m * b], tf.shape(x)[2:]], 0))
-        y = tf.one_hot(tf.tile(label, [m]), num_classes)
-        if spec.mixup_alpha > 0:
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.random.experimental.stateless_fold_in(tf.stack([tf.cast(spec.seed, tf.int64), 1]),
-                                                         epoch[0] * 1_000_003 + step[0]), rank)
-            x, y = aug.mixup_batch(x, y, spec.mixup_alpha, seed)
-        return (x, y, tf.tile(ids, [m])) if with_ids else (x, y)
-
-    ds = ds.map(copy_major, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-# Test-time augmentation seeds use this in place of the epoch: training epochs
-# are >= 0, so a TTA copy never repeats a training copy's transform.
-TTA_EPOCH = -1
-
-
-def make_eval_dataset(source: Source, spec: PipelineSpec, rank: int, world_size: int, batch_size: int,
-                      image_shape: Optional[tuple] = None, tta: int = 0) -> tuple[tf.data.Dataset, int]:
-    """This rank's shard of the evaluation split: ``(images, labels, weights)`` batches.
-
-    Every rank gets the same number of batches; padding has weight 0 so
-    ``sum(correct * w)`` and ``sum(w)`` reduced over ranks count each sample once.
-    Returns the dataset and its number of batches.
-
-    With ``tta = N > 0`` (test-time augmentation, paper Table 5) images are
-    ``[batch, N, H, W, C]``: N copies of each sample under the *training*
-    augmentation, seeded by (seed, TTA_EPOCH, sample id, copy). The rank is
-    left out of the seed on purpose, so the result does not depend on how
-    many ranks share the evaluation.
-    """
-    ids, weights = eval_shard(len(source), rank, world_size)
-    channels = image_shape[-1] if image_shape else 3
-    hw = tuple(image_shape[:2]) if image_shape else (None, None)
-
-    def gen():
-        with concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads)) as pool:
-            for i, w, img in zip(ids, weights, pool.map(lambda k: _load_checked(source, int(k)), ids)):
-                yield img, source.label(int(i)), w, i
-
-    sig = (tf.TensorSpec(hw + (channels,), tf.uint8), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.float32),
-           tf.TensorSpec([], tf.int64))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-    if tta:
-        augment_fn = aug.get_augment(spec.augment)
-
-        def prepare(x, y, w, i):
-            seeds = copy_seeds(spec.seed, TTA_EPOCH, 0, i, tta)
-            return _normalize(tf.stack([augment_fn(x, seeds[c]) for c in range(tta)]), spec), y, w
-    else:
-        transform = aug.get_augment(spec.eval_transform)
-        zero_seed = tf.zeros([2], tf.int64)
-
-        def prepare(x, y, w, i):
-            return _normalize(transform(x, zero_seed), spec), y, w
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    n_batches = -(-len(ids) // batch_size)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n_batches
-
-
-def _load_checked(source: Source, i: int) -> np.ndarray:
-    try:
-        img = source.load(i)
-    except CorruptSampleError as e:
-        raise DataError(f"evaluation sample {e}") from None
-    return img[..., None] if img.ndim == 2 else img

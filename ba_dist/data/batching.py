@@ -1,0 +1,83 @@
+"""BA batching in tf.data: a group's unique samples -> this rank's copy-major BA batches.
+
+Every rank makes ``m_local`` augmentations of each of its ``b`` unique samples
+with its own seeds (:func:`ba_dist.ba.copy_seeds`: seed, epoch, global rank,
+sample id, copy) and lays them out copy-major, ``[copy 0 of b images, copy 1,
+...]``, then (optionally) applies mixup. So each rank's batch is ``m_local x b``
+examples and the global batch is ``N ranks x m_local x b = B unique x M copies``
+with ``B = groups x b`` and ``M = m_ranks x m_local``. ba-train and the public
+Keras API (:func:`ba_dist.keras.ba_dataset`) both batch through :func:`ba_batches`.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ba_dist import ba
+from ba_dist.data import augment as aug
+from ba_dist.data.loader import GroupLoader, PipelineSpec, loader_elements
+
+__all__ = ["make_train_dataset", "ba_batches", "normalize", "output_shape"]
+
+
+def normalize(x, spec: PipelineSpec):
+    """Pixels in 0..255 -> model input: ``(x - mean) / std`` per channel, or ``x / 255``."""
+    if spec.mean is None:
+        return x / 255.0
+    return aug.normalize(x, spec.mean, spec.std)
+
+
+def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_classes: int,
+                       image_shape: Optional[tuple] = None) -> tf.data.Dataset:
+    """tf.data dataset of this rank's BA batches ``(images [m_local*b, ...], onehot labels)``.
+
+    Elements follow the loader's steps one to one, so ``steps_per_epoch``
+    batches make one epoch on every rank.
+    """
+    return ba_batches(loader_elements(loader, spec.per_rank_unique, image_shape),
+                      aug.get_augment(spec.augment), spec, topology.rank, num_classes)
+
+
+def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
+               num_classes: int, with_ids: bool = False) -> tf.data.Dataset:
+    """The BA batching shared by ba-train and the public Keras API.
+
+    Args:
+      elements: unique samples in training order, ``(image, label, id, epoch,
+        step)``; every ``per_rank_unique`` consecutive elements form one step.
+      augment_fn: ``fn(image, seed) -> image``.
+      spec: copies (``m_local``), normalisation, mixup and the base seed.
+      rank: global rank (part of every augmentation seed).
+      num_classes: for one-hot labels.
+      with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
+
+    Returns:
+      Batches ``(images [m_local*b, ...], onehot [m_local*b, K])`` in copy-major
+      order: row ``c*b + i`` is copy ``c`` of unique sample ``i``.
+    """
+    b, m = spec.per_rank_unique, spec.m_local
+
+    def copies(img, label, i, epoch, step):
+        x = ba.sample_copies(img, ba.copy_seeds(spec.seed, epoch, rank, i, m), augment_fn)
+        return normalize(x, spec), label, i, epoch, step
+
+    ds = elements.map(copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(b, drop_remainder=True)
+
+    def copy_major(x, label, ids, epoch, step):
+        x = ba.copy_major(x)  # [b, m, H, W, C] -> [m*b, H, W, C]
+        y = tf.one_hot(ba.repeat(label, m), num_classes)
+        if spec.mixup_alpha > 0:
+            x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch[0], step[0], rank))
+        return (x, y, ba.repeat(ids, m)) if with_ids else (x, y)
+
+    ds = ds.map(copy_major, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def output_shape(augment: str, example: np.ndarray) -> tuple:
+    """Shape of one augmented example (what the model's input layer must accept)."""
+    out = aug.get_augment(augment)(tf.constant(example), tf.zeros([2], tf.int64))
+    return tuple(int(d) for d in out.shape)
