@@ -8,7 +8,7 @@
 
 ``init`` starts Horovod with the BA groups registered, so call it instead of
 ``hvd.init()`` (calling ``hvd.init()`` first would register no groups). The
-same pieces serve ``ba-train``: the BA batching (:func:`ba_dist.data.pipeline.ba_batches`),
+same pieces serve ``ba-train``: the BA batching (:func:`ba_dist.data.batching.ba_batches`),
 the group broadcast, the seeds, the LR regimes and ghost batch norm are one
 implementation with two faces. See docs/api.md.
 """
