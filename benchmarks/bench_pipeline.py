@@ -145,7 +145,8 @@ def _profile(jpegs, imagenet, seed, n: int = 200) -> None:
 
 def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
     from ba_dist import dist
-    from ba_dist.data import broadcast, pipeline, sources
+    from ba_dist.data import broadcast, sources
+    from ba_dist.data.loader import GroupLoader, PipelineSpec
     from ba_dist.data.sampler import GroupSampler
     ctx = dist.init(m_ranks=int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))
     t, comm = ctx.topology, ctx.group_comm
@@ -160,10 +161,10 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
     sampler = GroupSampler(len(src), t.num_groups, b, seed=0)
     rows = []
     for mode in ("decoded", "encoded", "none"):
-        spec = pipeline.PipelineSpec(per_rank_unique=b, broadcast=mode, read_threads=1, prefetch=2)
+        spec = PipelineSpec(per_rank_unique=b, broadcast=mode, read_threads=1, prefetch=2)
         rates = []
         for _ in range(3):
-            loader = pipeline.GroupLoader(src, sampler, spec, t, comm, num_steps=steps)
+            loader = GroupLoader(src, sampler, spec, t, comm, num_steps=steps)
             ctx.world_comm.Barrier()
             t0 = time.perf_counter()
             n = sum(len(ids) for _, _, ids, _, _ in loader)
