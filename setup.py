@@ -45,7 +45,7 @@ setup(
             "ba-bench=ba_dist.analysis.cli:bench",
             "ba-plot=ba_dist.plot:run",
             "ba-eval=ba_dist.evaluate:run",
-            "ba-experiment=ba_dist.experiment:run",
+            "ba-experiment=ba_dist.reproduce:run",
             "ba-train-seq=ba_dist.seq.train:run",
             "ba-eval-seq=ba_dist.seq.evaluate:run",
         ],

@@ -2,6 +2,10 @@
 
     ba-plot WORKDIR... [--metric val_error|train_loss|grad_norm|...] [--x epoch|step] --out FILE.png
 
+Example (Figure 1: validation error of a baseline and a BA run):
+
+    ba-plot workdirs/m1 workdirs/m4 --metric val_error --out figures/val_error.png
+
 * ``val_error`` (Figures 1 and 3): validation error (solid) and training error
   (dashed, same colour) in percent, per epoch, from ``metrics.jsonl``.
 * ``train_loss`` / ``val_loss``: the two losses, training dashed, validation solid.
@@ -17,7 +21,6 @@ with matplotlib's Agg backend, so no display is needed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -28,9 +31,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
+from absl import flags  # noqa: E402
+
+from ba_dist import cli  # noqa: E402
 from ba_dist.analysis import GRAD_LOG  # noqa: E402  (no TensorFlow: ba-plot starts fast)
 
-__all__ = ["PAIRED", "PER_STEP", "load_run", "run_label", "series", "plot_runs", "main", "run"]
+__all__ = ["FLAGS", "PAIRED", "PER_STEP", "load_run", "run_label", "series", "plot_runs", "main", "run"]
+
+# Own FlagValues: main() is called in-process (tests) next to other commands' flags.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("metric", "val_error",
+                    "val_error | train_loss | val_loss | grad_norm | grad_var | any metrics.jsonl column",
+                    flag_values=FLAGS)
+flags.DEFINE_enum("x", "epoch", ["epoch", "step"], "x axis", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output image (.png, .pdf, .svg); required", flag_values=FLAGS)
+flags.DEFINE_string("labels", None, "comma-separated legend labels, one per workdir (positional arguments)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("smooth", 1, "moving average over this many points", flag_values=FLAGS)
+flags.DEFINE_bool("logy", False, "logarithmic y axis", flag_values=FLAGS)
+flags.DEFINE_string("title", None, "figure title (default: which line style is which)", flag_values=FLAGS)
+FLAG_NAMES = ("metric", "x", "out", "labels", "smooth", "logy", "title")
 
 # metric -> ((column, style, is_validation), ...); error columns are derived from top-1.
 PAIRED = {
@@ -177,24 +197,19 @@ def plot_runs(workdirs: Sequence, metric: str = "val_error", x: str = "epoch",
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="ba-plot", description="Plot metrics of several ba-train runs on one figure.")
-    p.add_argument("workdirs", nargs="+", help="ba-train workdirs")
-    p.add_argument("--metric", default="val_error",
-                   help="val_error | train_loss | val_loss | grad_norm | grad_var | any metrics.jsonl column")
-    p.add_argument("--x", default="epoch", choices=("epoch", "step"))
-    p.add_argument("--out", required=True, help="output image (.png, .pdf, .svg)")
-    p.add_argument("--labels", help="comma-separated legend labels, one per workdir")
-    p.add_argument("--smooth", type=int, default=1, help="moving average over this many points")
-    p.add_argument("--logy", action="store_true")
-    p.add_argument("--title")
-    args = p.parse_args(argv)
+    """Parse ``argv`` (workdirs and flags, without the program name), draw, save; returns the exit code."""
     try:
-        fig = plot_runs(args.workdirs, args.metric, args.x, args.labels.split(",") if args.labels else None,
-                        args.smooth, args.logy, args.title)
-    except PlotError as e:
+        workdirs = cli.parse(FLAGS, ["ba-plot"] + list(sys.argv[1:] if argv is None else argv))[1:]
+        if not workdirs:
+            raise PlotError("name at least one ba-train workdir (see ba-plot --help)")
+        if not FLAGS.out:
+            raise PlotError("--out FILE is required (see ba-plot --help)")
+        fig = plot_runs(workdirs, FLAGS.metric, FLAGS.x, FLAGS.labels.split(",") if FLAGS.labels else None,
+                        FLAGS.smooth, FLAGS.logy, FLAGS.title)
+    except (PlotError, flags.Error) as e:
         print(f"[ba-plot] error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -204,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> None:
     """Console script ``ba-plot``."""
-    sys.exit(main())
+    cli.run(lambda argv: main(argv[1:]), usage=__doc__, flag_names=FLAG_NAMES, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,27 @@
-"""``ba-analyze`` and ``ba-bench``: the paper's section 3 measurements, one command each.
+"""``ba-analyze``: the paper's section 3 measurements, one subcommand each.
+
+Gradient correlations under augmentation (Table 1) and the throughput
+benchmarks (Table 3); ``ba-bench`` is the same without grad-corr.
 
     ba-analyze grad-corr --workdir DIR          # Table 1: checkpoint state and initialization
     ba-analyze grad-corr --config FILE          # Table 1: initialization only
         [--n 100] [--seed S] [--augment NAME ...] [--checkpoint latest|best|PATH] [--out FILE]
-    ba-bench throughput --model NAME [--image-size 32 --channels 3 --num-classes 10]
-        [--batch-sizes 1,2,...,256] [--repeats 5] [--out-dir DIR]      # Table 3
-    ba-bench scaling --model NAME --max-ranks N [--batch-size 32]      # 1..N ranks under mpirun
+    ba-analyze throughput --model NAME ...      # as ba-bench throughput
+    ba-analyze scaling --model NAME ...         # as ba-bench scaling
+
+Example (Table 1 of a trained run, 100 samples as the paper):
+
+    ba-analyze grad-corr --workdir workdirs/digits --n 100
 
 (``python -m ba_dist.analysis.cli <subcommand> ...`` is the same.) grad-corr
 and throughput also run under ``mpirun``: grad-corr splits its samples over
 the ranks (same numbers as one process), throughput times the data-parallel
-step on all ranks. Only rank 0 prints and writes. Exit codes: 0 done, 2 bad
-arguments, config or workdir.
+step on all ranks. Only rank 0 prints and writes. Each flag belongs to one or
+more subcommands (named in its help). Exit codes: 0 done, 2 bad arguments,
+config or workdir.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +29,78 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional, Sequence
 
-__all__ = ["run", "bench", "main"]
+from absl import flags
+
+from ba_dist import cli
+
+__all__ = ["BENCH_USAGE", "FLAGS", "run", "bench", "main"]
+
+BENCH_USAGE = """``ba-bench``: images/s of the training step, one model (the paper's Table 3).
+
+    ba-bench throughput --model NAME [--image-size 32 --channels 3 --num-classes 10]
+        [--batch-sizes 1,2,...,256] [--repeats 5] [--out-dir DIR]      # Table 3
+    ba-bench scaling --model NAME --max-ranks N [--batch-size 32]      # 1..N ranks under mpirun
+
+Example (throughput of ResNet44 on CIFAR-shaped input, per-rank batch 1..256):
+
+    ba-bench throughput --model resnet44 --out-dir bench/resnet44
+
+throughput also runs under ``mpirun`` (it times the data-parallel step on all
+ranks; rank 0 prints and writes); scaling launches ``mpirun -np 1..N`` itself.
+Exit codes: 0 done, 2 bad arguments.
+"""
+
+# Own FlagValues: grad-corr imports ba_dist.train, whose --config/--workdir are global flags,
+# and tests call main() several times in one process.
+FLAGS = flags.FlagValues()
+_GRAD_CORR = "grad-corr: "
+_BENCH = "throughput, scaling: "
+flags.DEFINE_string("workdir", None, _GRAD_CORR + "ba-train workdir: its checkpoint and, with the same config, "
+                    "a fresh init (exactly one of --workdir, --config)", flag_values=FLAGS)
+flags.DEFINE_string("config", None, _GRAD_CORR + "config file: a fresh model at initialization only",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("n", 100, _GRAD_CORR + "samples per measure (100 as the paper)", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "grad-corr: sampling and augmentation seed; throughput, scaling: model seed",
+                     flag_values=FLAGS)
+flags.DEFINE_multi_string("augment", None, _GRAD_CORR + "augmentation set for rho(x, T(x)); repeat for several "
+                          "(default: the source's training augmentation, and the same plus cutout)",
+                          flag_values=FLAGS)
+flags.DEFINE_string("checkpoint", "latest", _GRAD_CORR + "latest | best | path to a ckpt-* directory",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("eval-samples", 1000, _GRAD_CORR + "validation samples for the accuracy row", flag_values=FLAGS)
+flags.DEFINE_string("out", None, _GRAD_CORR + "JSON output (default: <workdir>/grad_corr.json; none for --config)",
+                    flag_values=FLAGS)
+flags.DEFINE_string("model", None, _BENCH + "a model of the zoo (ba_dist.models.MODEL_NAMES); required",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("image-size", 32, _BENCH + "input height and width", flag_values=FLAGS)
+flags.DEFINE_integer("channels", 3, _BENCH + "input channels", flag_values=FLAGS)
+flags.DEFINE_integer("num-classes", 10, _BENCH + "classes of the model's output", flag_values=FLAGS)
+flags.DEFINE_enum("bn", "batch", ["batch", "none"], _BENCH + "batch normalization or none", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 5, _BENCH + "timed runs per batch size (median, std)", flag_values=FLAGS)
+flags.DEFINE_integer("steps", 5, _BENCH + "steps per timed run (at least --min-images images)", flag_values=FLAGS)
+flags.DEFINE_integer("min-images", 64, _BENCH + "images per rank per timed run, at least", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 2, _BENCH + "untimed steps per batch size (tracing included)", flag_values=FLAGS)
+flags.DEFINE_string("out-dir", None, _BENCH + "write <name>.json, .md and .png here", flag_values=FLAGS)
+flags.DEFINE_string("batch-sizes", ",".join(str(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)),
+                    "throughput: comma-separated per-rank batch sizes", flag_values=FLAGS)
+flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads per rank (throughput: 0 = TF default; "
+                     "scaling: 0 = cores / --max-ranks)", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "throughput: raw result file (what `scaling` reads)", flag_values=FLAGS)
+flags.DEFINE_bool("quiet", False, "throughput: print nothing (used by `scaling`)", flag_values=FLAGS)
+flags.DEFINE_integer("max-ranks", None, "scaling: largest world size (runs 1..N ranks); required",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("batch-size", 32, "scaling: per-rank batch size", flag_values=FLAGS)
+flags.DEFINE_string("mpirun", "mpirun", "scaling: the mpirun command", flag_values=FLAGS)
+flags.DEFINE_float("timeout", 1800, "scaling: seconds per launch", flag_values=FLAGS)
+
+_BENCH_FLAGS = ("model", "image-size", "channels", "num-classes", "bn", "repeats", "steps", "min-images",
+                "warmup", "seed", "out-dir")
+# subcommand -> its flags (the first listed in --help, in this order)
+SUBCOMMAND_FLAGS = {
+    "grad-corr": ("workdir", "config", "n", "seed", "augment", "checkpoint", "eval-samples", "out"),
+    "throughput": _BENCH_FLAGS + ("batch-sizes", "threads", "json", "quiet"),
+    "scaling": _BENCH_FLAGS + ("max-ranks", "batch-size", "threads", "mpirun", "timeout"),
+}
 
 
 class UsageError(ValueError):
@@ -213,77 +290,58 @@ def _scaling(args, say) -> int:
 
 
 # ----------------------------------------------------------------------------
-# Parsers
+# Command line
 # ----------------------------------------------------------------------------
-def _add_grad_corr(sub):
-    p = sub.add_parser("grad-corr", help="gradient correlations under augmentation (paper Table 1)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--workdir", help="ba-train workdir: its checkpoint and, with the same config, a fresh init")
-    src.add_argument("--config", help="config file: a fresh model at initialization only")
-    p.add_argument("--n", type=int, default=100, help="samples per measure (default 100, as the paper)")
-    p.add_argument("--seed", type=int, default=0, help="sampling and augmentation seed")
-    p.add_argument("--augment", action="append",
-                   help="augmentation set for rho(x, T(x)); repeat for several (default: the source's "
-                        "training augmentation, and the same plus cutout)")
-    p.add_argument("--checkpoint", default="latest", help="latest | best | path to a ckpt-* directory")
-    p.add_argument("--eval-samples", type=int, default=1000, help="validation samples for the accuracy row")
-    p.add_argument("--out", help="JSON output (default: <workdir>/grad_corr.json; none for --config)")
-    p.set_defaults(func=_grad_corr)
+_RUN = {"grad-corr": _grad_corr, "throughput": _throughput, "scaling": _scaling}
 
 
-def _add_bench_common(p):
-    p.add_argument("--model", required=True, help="a model of the zoo (ba_dist.models.MODEL_NAMES)")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--bn", default="batch", choices=("batch", "none"))
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (median, std)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed run (at least --min-images images)")
-    p.add_argument("--min-images", type=int, default=64, help="images per rank per timed run, at least")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per batch size (tracing included)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-dir", help="write <name>.json, .md and .png here")
+def _flag_names(commands: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(n for c in commands for n in SUBCOMMAND_FLAGS[c]))
 
 
-def _add_bench(sub):
-    p = sub.add_parser("throughput", help="images/s vs per-rank batch size (paper Table 3)")
-    _add_bench_common(p)
-    p.add_argument("--batch-sizes", default=",".join(str(b) for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)))
-    p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads per rank (0: TF default)")
-    p.add_argument("--json", help="raw result file (what `scaling` reads)")
-    p.add_argument("--quiet", action="store_true", help="print nothing (used by `scaling`)")
-    p.set_defaults(func=_throughput)
+def _parse(argv: Sequence[str], prog: str, commands: Sequence[str]):
+    """The subcommand and its flags (as attributes with ``_`` for ``-``) of ``argv``."""
+    try:
+        rest = cli.parse(FLAGS, [prog] + list(argv))
+    except flags.Error as e:
+        raise UsageError(f"{e} (see {prog} --help)") from None
+    if len(rest) != 2 or rest[1] not in commands:
+        raise UsageError(f"expected one subcommand of {', '.join(commands)}, got {rest[1:] or 'none'} "
+                         f"(see {prog} --help)")
+    command = rest[1]
+    names = SUBCOMMAND_FLAGS[command]
+    stray = [f"--{n}" for n in _flag_names(commands) if FLAGS[n].present and n not in names]
+    if stray:
+        raise UsageError(f"{command} does not take {', '.join(stray)}")
+    args = SimpleNamespace(**{n.replace("-", "_"): FLAGS[n].value for n in names})
+    required = {"grad-corr": (), "throughput": ("model",), "scaling": ("model", "max-ranks")}[command]
+    missing = [f"--{n}" for n in required if FLAGS[n].value is None]
+    if missing:
+        raise UsageError(f"{command} needs {', '.join(missing)}")
+    if command == "grad-corr" and (args.workdir is None) == (args.config is None):
+        raise UsageError("grad-corr needs exactly one of --workdir DIR (a ba-train run) and --config FILE")
+    return command, args
 
-    p = sub.add_parser("scaling", help="data-parallel scaling over 1..N ranks (launches mpirun)")
-    _add_bench_common(p)
-    p.add_argument("--max-ranks", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=32, help="per-rank batch size")
-    p.add_argument("--threads", type=int, default=0, help="threads per rank (default: cores / max-ranks)")
-    p.add_argument("--mpirun", default="mpirun")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
-    p.set_defaults(func=_scaling)
 
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "ba-analyze", commands=("grad-corr", "bench")) -> int:
-    """Parse ``argv`` and run one subcommand; returns the exit code."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    if "grad-corr" in commands:
-        _add_grad_corr(sub)
-    if "bench" in commands:
-        _add_bench(sub)
-    args = parser.parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = "ba-analyze",
+         commands: Sequence[str] = ("grad-corr", "throughput", "scaling")) -> int:
+    """Parse ``argv`` (without the program name) and run one subcommand; returns the exit code."""
+    commands = [c for c in _RUN if c in commands or (c != "grad-corr" and "bench" in commands)]
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
 
     def say(msg: str) -> None:
         if rank == 0:
             print(f"[{prog}] {msg}", file=sys.stderr, flush=True)
 
+    try:
+        command, args = _parse(sys.argv[1:] if argv is None else argv, prog, commands)
+    except UsageError as e:
+        print(f"[{prog}] error: {e}", file=sys.stderr, flush=True)
+        return 2
     from ba_dist.config import ConfigError
     from ba_dist.data.sources import DataSourceError
     try:
-        return args.func(args, say)
+        return _RUN[command](args, say)
     except (UsageError, ConfigError, DataSourceError) as e:
         print(f"[{prog}] error: {e}", file=sys.stderr, flush=True)
         return 2
@@ -291,13 +349,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "ba-analyze", command
 
 def run() -> None:
     """Console script ``ba-analyze``."""
-    sys.exit(main(prog="ba-analyze"))
+    cli.run(lambda argv: main(argv[1:], prog="ba-analyze"), usage=__doc__,
+            flag_names=_flag_names(SUBCOMMAND_FLAGS), flag_values=FLAGS)
 
 
 def bench() -> None:
     """Console script ``ba-bench``."""
-    sys.exit(main(prog="ba-bench", commands=("bench",)))
+    cli.run(lambda argv: main(argv[1:], prog="ba-bench", commands=("bench",)), usage=BENCH_USAGE,
+            flag_names=_flag_names(("throughput", "scaling")), flag_values=FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="ba_dist.analysis.cli"))
+    run()

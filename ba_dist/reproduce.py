@@ -1,8 +1,12 @@
-"""``ba-experiment``: one Table 2 row, three runs, one comparison table.
+"""``ba-experiment``: reproduce one row of the paper's Table 2 (three runs, one comparison table).
 
     ba-experiment --config configs/resnet44_cifar10.py --workdir workdirs/resnet44_cifar10 [--ranks 8]
         [--variants fixed_steps,fixed_samples,ba] [--epochs E] [--launcher 'launch/local.sh {ranks}']
         [--table-only] [-- extra ba-train arguments, e.g. --config.input.source_kwargs.data_dir=...]
+
+Example (the digits "row" on 2 ranks, 1 epoch each: minutes on a laptop):
+
+    ba-experiment --config configs/digits_smoke.py --workdir workdirs/digits_row --ranks 2 --epochs 1
 
 Runs ``ba-train --config <row>.py:<variant>`` for the paper's two baselines and
 BA (ba_dist/paper_tables.py), one after the other on the same data, each in
@@ -20,17 +24,20 @@ one process of ba-experiment drives the whole comparison.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
+from absl import flags
+
+from ba_dist import cli
 from ba_dist import paper_tables as paper
 
-__all__ = ["variant_command", "collect", "format_table", "main", "run"]
+__all__ = ["FLAGS", "variant_command", "collect", "format_table", "main", "run"]
 
 REPO = Path(__file__).resolve().parents[1]
 REQUEUE_EXIT_CODE = 75   # ba-train stopped early after checkpointing (ba_dist.callbacks)
@@ -39,6 +46,24 @@ REQUEUE_EXIT_CODE = 75   # ba-train stopped early after checkpointing (ba_dist.c
 def _default_launcher() -> str:
     local = REPO / "launch" / "local.sh"
     return f"{local} {{ranks}}" if local.is_file() else "mpirun -np {ranks}"
+
+
+# Own FlagValues: tests call main() in-process, next to other commands' flags.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("config", None, "a Table 2 row: configs/<row>.py (see ba_dist/paper_tables.py); required",
+                    flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "parent directory; each variant runs in WORKDIR/<variant>; required",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("ranks", 0, "ranks of every run (0: the row's reference world size per variant, "
+                     "ba_dist.paper_tables.world_size)", flag_values=FLAGS)
+flags.DEFINE_string("variants", ",".join(paper.VARIANTS), "comma-separated subset, run in this order",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 0, "shorter epoch budget E (fixed #samples gets M x E; 0: the row's)",
+                     flag_values=FLAGS)
+flags.DEFINE_string("launcher", _default_launcher(), "command prefix of every run; {ranks} is replaced",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("table-only", False, "run nothing, print the table of existing results", flag_values=FLAGS)
+FLAG_NAMES = ("config", "workdir", "ranks", "variants", "epochs", "launcher", "table-only")
 
 
 def variant_command(config: str, name: str, workdir: Path, ranks: int, launcher: str,
@@ -81,27 +106,33 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: Optional[list] = None) -> tuple[argparse.Namespace, list]:
+def parse_args(argv: Optional[list] = None) -> tuple[SimpleNamespace, list]:
+    """The flags' values (``table_only`` for ``--table-only``) and the ba-train arguments after ``--``.
+
+    Raises:
+      absl.flags.Error: an unknown flag, a bad value, a missing --config/--workdir or a stray argument.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="ba-experiment", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="a Table 2 row: configs/<row>.py (see ba_dist/paper_tables.py)")
-    p.add_argument("--workdir", required=True, help="parent directory; each variant runs in WORKDIR/<variant>")
-    p.add_argument("--ranks", type=int, default=0,
-                   help="ranks of every run (0: the row's reference world size per variant, ba_dist.paper_tables.world_size)")
-    p.add_argument("--variants", default=",".join(paper.VARIANTS), help="comma-separated subset, run in this order")
-    p.add_argument("--epochs", type=int, default=0, help="shorter epoch budget E (fixed #samples gets M x E)")
-    p.add_argument("--launcher", default=_default_launcher(),
-                   help="command prefix of every run; {ranks} is replaced (default: %(default)s)")
-    p.add_argument("--table-only", action="store_true", help="run nothing, print the table of existing results")
-    return p.parse_args(argv), extra
+    rest = cli.parse(FLAGS, ["ba-experiment"] + argv)
+    if len(rest) > 1:
+        raise flags.Error(f"unexpected arguments {rest[1:]}: ba-train arguments go after '--'")
+    missing = [f"--{n}" for n in ("config", "workdir") if not FLAGS[n].value]
+    if missing:
+        raise flags.Error(f"{' and '.join(missing)} required")
+    return SimpleNamespace(**{n.replace("-", "_"): FLAGS[n].value for n in FLAG_NAMES}), extra
 
 
 def main(argv: Optional[list] = None) -> int:
-    args, extra = parse_args(argv)
+    """Run the variants of one row (``argv`` without the program name); returns the exit code."""
+    try:
+        args, extra = parse_args(argv)
+    except flags.Error as e:
+        print(f"[ba-experiment] error: {e} (see ba-experiment --help)", file=sys.stderr)
+        return 2
     row = paper.row_for_config(args.config)
     if row is None:
         print(f"[ba-experiment] {args.config} is not a Table 2 row; rows: "
@@ -136,7 +167,7 @@ def main(argv: Optional[list] = None) -> int:
 
 def run():
     """Console-script entry point (``ba-experiment``)."""
-    sys.exit(main())
+    cli.run(lambda argv: main(argv[1:]), usage=__doc__, flag_names=FLAG_NAMES, flag_values=FLAGS)
 
 
 if __name__ == "__main__":
