@@ -10,8 +10,11 @@ and a regime written in epochs gives BA exactly the baseline's step count.
 Code counts steps (``optimizer.iterations``); configs say epochs and convert
 once through :func:`epochs_to_steps`.
 
-Nothing here imports Horovod: the trainer wraps :func:`make_optimizer`'s result
-in ``hvd.DistributedOptimizer``.
+Nothing here imports Horovod: the optimizer of :func:`make_optimizer` is not
+wrapped in ``hvd.DistributedOptimizer``; ``BATrainModel.train_step``
+(ba_dist/trainer.py) averages the gradients over the ranks itself (one
+grouped allreduce) and then calls ``optimizer.apply_gradients``, so that it
+also sees each rank's local gradient for the gradient statistics.
 """
 from __future__ import annotations
 
@@ -338,9 +341,9 @@ def make_optimizer(lr_schedule: Union[float, tf.keras.optimizers.schedules.Learn
                    nesterov: bool = False) -> tf.keras.optimizers.legacy.SGD:
     """SGD with momentum driven by ``lr_schedule`` (called with the step count).
 
-    Legacy SGD because Horovod 0.28.1's ``hvd.DistributedOptimizer`` wraps the
-    legacy Keras optimizers reliably under TF 2.15; the new ones are not a
-    supported target there. Weight decay is not set here: add
+    Legacy SGD: the checkpoints of ba-train hold its variables, and it is the
+    optimizer Horovod 0.28.1's ``hvd.DistributedOptimizer`` wraps reliably under
+    TF 2.15 (for a plain Keras script that wraps it). Weight decay is not set here: add
     :func:`l2_regularization_loss` to the loss.
 
     Keras' momentum (``v = m*v - lr*g``) folds the LR into the velocity, while

@@ -6,7 +6,8 @@ the edit-test loop. The markers are assigned here, centrally, so a test file
 needs no decorator:
 
 * ``mpirun``: the test launches ``mpirun`` -- found in the source of the test
-  or of a fixture it uses (``mpirun(`` / ``MPIRUN``), or listed in
+  or of a fixture it uses (``mpirun(``, ``MPIRUN``, the fault suite's
+  ``faultlib.run``/``Launch``, ``launch/horovodrun.sh``), or listed in
   ``LAUNCHES_MPIRUN`` when it goes through a command that launches it.
 * ``slow``: single process, but trains a model end to end or runs for tens of
   seconds; listed in ``SLOW`` (by test, or by the fixture that does the work).
@@ -27,12 +28,14 @@ sys.path.insert(0, str(TESTS))
 # tests/test_multirank.py, which launches them). Outside mpirun they are not collected.
 collect_ignore_glob = [] if "OMPI_COMM_WORLD_SIZE" in os.environ else ["mpi/*"]
 
-QUICK = "not mpirun and not slow"
-_MPIRUN_IN_SOURCE = re.compile(r"\bmpirun\(|\bMPIRUN\b")
+_MPIRUN_IN_SOURCE = re.compile(r"\bmpirun\(|\bMPIRUN\b|\bfaultlib\.(run|run_reporting|Launch)\(|horovodrun\.sh")
 # Tests whose source does not say mpirun but whose command launches it.
 LAUNCHES_MPIRUN = (
     "test_analysis.py::test_scaling_one_and_two_ranks",          # ba-bench scaling: mpirun -np 1 and 2
     "test_experiment.py::test_digits_row_three_variants_on_two_ranks",  # launch/local.sh = mpirun
+    # the stand-in srun of tests/stand_ins starts mpirun
+    "test_slurm.py::test_512_node_template_stops_on_usr1_checkpoints_requeues_and_resumes",
+    "test_slurm.py::test_cifar_template_through_submit",
 )
 # Single-process tests that take tens of seconds or more: "file::test" or "fixture:name".
 SLOW = (
