@@ -290,3 +290,18 @@ def test_plot_cli_writes_png(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
     assert plot.main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_cli_flags_belong_to_their_subcommand(capsys):
+    cases = [
+        (["throughput", "--model", "mlp", "--workdir", "x"], "throughput does not take --workdir"),
+        (["scaling", "--model", "mlp"], "scaling needs --max-ranks"),
+        (["grad-corr", "--workdir", "a", "--config", "b"], "exactly one of --workdir"),
+        (["throughput", "--model", "mlp", "--repeats", "many"], "--repeats=many"),
+        (["--n", "3"], "expected one subcommand of grad-corr, throughput, scaling, got none"),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert cli.main(["grad-corr", "--config", SMOKE], prog="ba-bench", commands=("bench",)) == 2
+    assert "one subcommand of throughput, scaling, got ['grad-corr']" in capsys.readouterr().err

@@ -51,3 +51,14 @@ def test_not_a_row_is_refused():
     res = run([PYTHON, "-m", "ba_dist.reproduce", "--config", "configs/seq_nothing.py", "--workdir", "/tmp/x"],
               timeout=60, env=rank_env())
     assert res.returncode == 2 and "is not a Table 2 row" in res.stdout
+
+
+def test_flags_table_only_and_stray_arguments(tmp_path, capsys):
+    smoke = str(REPO / "configs/digits_smoke.py")
+    assert reproduce.main(["--config", smoke, "--workdir", str(tmp_path), "--table-only"]) == 0
+    assert json.loads((tmp_path / "comparison.json").read_text())["variants"]["ba"]["result"] is None
+    assert "Fixed #Steps" in capsys.readouterr().out
+    assert reproduce.main(["--config", smoke, "--workdir", str(tmp_path), "stray"]) == 2
+    assert "ba-train arguments go after '--'" in capsys.readouterr().err
+    assert reproduce.main(["--config", smoke]) == 2
+    assert "--workdir required" in capsys.readouterr().err
