@@ -26,6 +26,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from ba_dist import dist
+
 __all__ = ["CheckpointError", "CheckpointManager", "restore_for_all_ranks"]
 
 log = logging.getLogger(__name__)
@@ -168,15 +170,15 @@ class CheckpointManager:
         return None
 
 
-def restore_for_all_ranks(manager: CheckpointManager, checkpoint: tf.train.Checkpoint, ctx, variables,
+def restore_for_all_ranks(manager: CheckpointManager, checkpoint: tf.train.Checkpoint, variables,
                           resume: bool = True, fallback: bool = True) -> Optional[dict]:
-    """Rank 0 restores the newest loadable checkpoint; every rank gets the state by broadcast.
+    """Rank 0 (the manager's writer) restores the newest loadable checkpoint; every rank gets it by broadcast.
 
     Also the initial broadcast of a fresh run: every rank starts from rank 0's
     ``variables``, so only rank 0 needs to see the checkpoint directory.
     Returns the checkpoint's meta (with ``path``) or None for a fresh start.
     """
-    meta = manager.restore_latest(checkpoint, fallback=fallback) if resume and ctx.topology.is_chief else None
-    meta = ctx.world_comm.bcast(meta, root=0)
-    ctx.hvd.broadcast_variables(variables, root_rank=0)
+    meta = manager.restore_latest(checkpoint, fallback=fallback) if resume and manager.is_writer else None
+    meta = dist.broadcast_object(meta)
+    dist.broadcast_from_chief(variables)
     return meta

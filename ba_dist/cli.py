@@ -32,7 +32,7 @@ def help_text(usage: str, flag_names: Sequence[str],
     lines = [textwrap.dedent(usage).strip(), "", "flags:"]
     for name in flag_names:
         f = (flag_values or flags.FLAGS)[name]
-        default = "" if f.default is None else f" (default: {f.default})"
+        default = "" if f.default_unparsed is None else f" (default: {f.default_unparsed})"
         lines.append(f"  --{name}: {f.help}{default}")
     return "\n".join(lines) + "\n"
 

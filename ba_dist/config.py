@@ -21,10 +21,12 @@ import dataclasses
 import importlib.util
 import json
 from pathlib import Path
+from typing import Sequence
 
 import ml_collections
 
-__all__ = ["ConfigError", "Layout", "base_config", "validate", "layout", "load_config_file", "to_json"]
+__all__ = ["ConfigError", "Layout", "base_config", "check_values", "num_groups", "validate", "layout",
+           "load_config_file", "to_json"]
 
 
 class ConfigError(ValueError):
@@ -111,27 +113,50 @@ def _get(c, dotted):
     return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Check every value that can be checked without data or ranks. Raises ConfigError."""
-    for key, choices in _CHOICES.items():
-        if _get(c, key) not in choices:
-            raise ConfigError(f"{key}={_get(c, key)!r}: must be one of {', '.join(choices)}")
-    positive = ["input.batch_size", "input.eval_batch_size", "ba.multiplicity", "ba.m_ranks",
-                "train.epochs", "train.eval_every", "train.checkpoint_every", "model.ghost_batch_size",
-                "input.prefetch", "input.read_threads", "train.keep_checkpoints", "optim.regime_scale"]
+def check_values(c: ml_collections.ConfigDict, choices: dict, positive: Sequence[str],
+                 non_negative: Sequence[str]) -> None:
+    """The checks every config (image or sequence) shares. Raises ConfigError naming the key.
+
+    Args:
+      c: the config.
+      choices: dotted key -> the values it may take.
+      positive: dotted keys that must be numbers > 0.
+      non_negative: dotted keys that must be >= 0.
+    Also: ``ba.multiplicity`` must be divisible by ``ba.m_ranks``.
+    """
+    for key, allowed in choices.items():
+        if _get(c, key) not in allowed:
+            raise ConfigError(f"{key}={_get(c, key)!r}: must be one of {', '.join(allowed)}")
     for key in positive:
         v = _get(c, key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"{key}={v!r}: must be a positive number")
-    for key in ("optim.base_lr", "optim.weight_decay", "optim.warmup_epochs", "input.mixup_alpha",
-                "optim.label_smoothing", "optim.momentum"):
+    for key in non_negative:
         if _get(c, key) < 0:
             raise ConfigError(f"{key}={_get(c, key)}: must be >= 0")
-    if c.optim.momentum >= 1:
-        raise ConfigError(f"optim.momentum={c.optim.momentum}: must be < 1")
     if c.ba.multiplicity % c.ba.m_ranks:
         raise ConfigError(f"ba.multiplicity={c.ba.multiplicity} is not divisible by ba.m_ranks={c.ba.m_ranks}: "
                           f"each rank makes multiplicity/m_ranks copies")
+
+
+def num_groups(c: ml_collections.ConfigDict, world_size: int) -> int:
+    """BA groups of ``ba.m_ranks`` ranks in ``world_size``. Raises ConfigError if it does not divide."""
+    if world_size % c.ba.m_ranks:
+        raise ConfigError(f"world size {world_size} is not divisible by ba.m_ranks={c.ba.m_ranks}: "
+                          f"launch a multiple of {c.ba.m_ranks} ranks or change ba.m_ranks")
+    return world_size // c.ba.m_ranks
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Check every value that can be checked without data or ranks. Raises ConfigError."""
+    check_values(c, _CHOICES,
+                 positive=["input.batch_size", "input.eval_batch_size", "ba.multiplicity", "ba.m_ranks",
+                           "train.epochs", "train.eval_every", "train.checkpoint_every", "model.ghost_batch_size",
+                           "input.prefetch", "input.read_threads", "train.keep_checkpoints", "optim.regime_scale"],
+                 non_negative=["optim.base_lr", "optim.weight_decay", "optim.warmup_epochs", "input.mixup_alpha",
+                               "optim.label_smoothing", "optim.momentum"])
+    if c.optim.momentum >= 1:
+        raise ConfigError(f"optim.momentum={c.optim.momentum}: must be < 1")
     if c.optim.warmup_epochs >= c.train.epochs:
         raise ConfigError(f"optim.warmup_epochs={c.optim.warmup_epochs} must be shorter than train.epochs={c.train.epochs}")
     _check_names(c)
@@ -177,10 +202,7 @@ class Layout:
 def layout(c: ml_collections.ConfigDict, world_size: int) -> Layout:
     """Global-batch arithmetic for ``world_size`` ranks. Raises ConfigError if it does not divide."""
     m_ranks, M, B = c.ba.m_ranks, c.ba.multiplicity, c.input.batch_size
-    if world_size % m_ranks:
-        raise ConfigError(f"world size {world_size} is not divisible by ba.m_ranks={m_ranks}: "
-                          f"launch a multiple of {m_ranks} ranks or change ba.m_ranks")
-    groups = world_size // m_ranks
+    groups = num_groups(c, world_size)
     if B % groups:
         raise ConfigError(f"input.batch_size={B} unique samples cannot be split over {groups} groups "
                           f"({world_size} ranks / m_ranks {m_ranks}); use a multiple of {groups}")

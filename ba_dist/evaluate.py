@@ -82,7 +82,7 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     import tensorflow as tf
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    from ba_dist import models, trainer
+    from ba_dist import models, train_step
     from ba_dist.checkpoint import CheckpointError, CheckpointManager
     from ba_dist.data import build as data_build
     from ba_dist.data import sources
@@ -120,11 +120,11 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     per_rank = batch_size or cfg.input.eval_batch_size
     ds, _ = make_eval_dataset(src, spec, rank, world, per_rank, src.image_shape)
     out = dict(workdir=str(workdir), checkpoint=info, world_size=world,
-               single_crop=dict(trainer.evaluate_sharded(net, ds, hvd, src.num_classes), transform=spec.eval_transform))
+               single_crop=dict(train_step.evaluate_sharded(net, ds, hvd, src.num_classes), transform=spec.eval_transform))
     if tta:
         # per_rank images per forward pass: per_rank // tta samples of tta copies
         ds, _ = make_eval_dataset(src, spec, rank, world, max(1, per_rank // tta), src.image_shape, tta=tta)
-        out["tta"] = dict(trainer.evaluate_sharded(net, ds, hvd, src.num_classes), copies=tta, augment=spec.augment)
+        out["tta"] = dict(train_step.evaluate_sharded(net, ds, hvd, src.num_classes), copies=tta, augment=spec.augment)
         err1, errt = 1 - out["single_crop"]["val_top1"], 1 - out["tta"]["val_top1"]
         out["tta"]["error_reduction"] = (err1 - errt) / err1 if err1 > 0 else 0.0
     return out

@@ -40,7 +40,7 @@ from ba_dist import paper_tables as paper
 __all__ = ["FLAGS", "variant_command", "collect", "format_table", "main", "run"]
 
 REPO = Path(__file__).resolve().parents[1]
-REQUEUE_EXIT_CODE = 75   # ba-train stopped early after checkpointing (ba_dist.callbacks)
+REQUEUE_EXIT_CODE = 75   # ba-train stopped early after checkpointing (ba_dist.fit)
 
 
 def _default_launcher() -> str:

@@ -1,174 +1,132 @@
-"""``ba-train``: train a model with Batch Augmentation under Horovod.
+"""``ba-train``: train an image classifier with Batch Augmentation under Horovod.
+
+Each step every unique sample of the global batch appears M times, each copy
+with its own augmentation; groups of ``ba.m_ranks`` ranks share their samples
+(one reader per group decodes and broadcasts). The fit loop (phases, resume,
+requeue, outputs) is :mod:`ba_dist.fit`; this module is the image task and the CLI.
+
+Example::
 
     mpirun -np 2 ba-train --config configs/digits_smoke.py --workdir /tmp/run \\
-        [--config.ba.multiplicity=4 --config.train.epochs=20 ...]
+        --config.ba.multiplicity=4 --config.train.epochs=20
 
-Phases of :func:`main`: config & layout (no TensorFlow yet, so a bad config or
-an impossible topology fails on every rank in about a second) -> distribution
--> input pipeline -> model & optimizer -> restore -> fit -> final evaluation.
-Exit codes: 0 done, 1 error, 75 stopped early and checkpointed ("requeue me").
+Outputs in the workdir: config.json, metrics.jsonl / metrics.csv / tensorboard/,
+checkpoints/, result.json (docs/usage.md). Exit codes: 0 done, 1 error,
+2 bad config or data, 75 stopped early and checkpointed ("requeue me").
 """
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import sys
-import time
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from ba_dist import config as config_lib
+from ba_dist import dist, fit
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment config file (get_config()).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
+config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment config file (get_config()); "
+                                "override any key with --config.<key>=<value>.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events (required).")
 
 log = logging.getLogger("ba_dist")
-# Stop signals that arrived before callbacks.catch_stop_signals_early took over (see run()).
-_EARLY_SIGNALS: list[int] = []
+
+# metrics.jsonl / metrics.csv columns, in this order (a contract: docs/usage.md)
+METRICS_FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
+                  "images_per_sec", "unique_images_per_sec", "unique_images_seen", "grad_norm",
+                  "skipped_samples", "epoch_time_sec")
 
 
-def _say(topo_rank: int, msg: str) -> None:
-    if topo_rank == 0:
-        print(f"[ba-train] {msg}", flush=True)
+class ImageTask(fit.Task):
+    """Image classification with BA: the group loader's batches, a zoo network, top-1/top-5."""
+
+    name = "ba-train"
+    metrics_fields = METRICS_FIELDS
+    throughput_unit = "images"
+
+    def check(self, world_size: int):
+        config_lib.validate(self.cfg)
+        return config_lib.layout(self.cfg, world_size)
+
+    def prepare(self) -> fit.Plan:
+        cfg = self.cfg
+        import tensorflow as tf
+        from ba_dist.data import build as data_build
+        if cfg.train.mixed_precision:
+            tf.keras.mixed_precision.set_global_policy("mixed_float16")
+        self.data = data_build.build(cfg, self.lay, self.ctx)   # sources, sampler, pipeline settings
+        self.net = build_net(cfg, self.data.num_classes, self.data.input_shape)
+        self.say(f"data: {self.data.describe(cfg.train.epochs)}")
+        return fit.Plan(self.data.steps_per_epoch, cfg.train.epochs, cfg.train.max_steps)
+
+    def build(self) -> fit.Parts:
+        cfg, lay, hvd = self.cfg, self.lay, self.ctx.hvd
+        import tensorflow as tf
+        from ba_dist import optim, train_step
+        spe = self.data.steps_per_epoch
+        scaling_batch = lay.unique_batch if cfg.optim.lr_scaling_batch == "unique" else lay.global_batch
+        base_lr = optim.scale_lr(cfg.optim.base_lr, scaling_batch, cfg.optim.lr_scaling, cfg.optim.reference_batch)
+        schedule = optim.make_schedule(cfg.optim.regime, base_lr, spe, **_schedule_kwargs(cfg))
+        inner = opt = optim.make_optimizer(schedule, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+        if cfg.train.mixed_precision:
+            opt = tf.keras.mixed_precision.LossScaleOptimizer(inner)
+        compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
+        model = train_step.BATrainModel(self.net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
+                                        cfg.optim.label_smoothing, compression)
+        model.compile(optimizer=opt)
+        if cfg.train.xla:
+            model.enable_xla()
+        self.say(f"model {cfg.model.name}: {self.net.count_params():,} parameters, bn '{cfg.model.bn}', "
+                 f"lr {base_lr:g} ({cfg.optim.regime}, scaling {cfg.optim.lr_scaling})")
+        return fit.Parts(model, self.net, opt, schedule, inner)
+
+    def dataset(self, first_epoch: int, offset: int, num_steps: int):
+        ds, self.loader = self.data.train_dataset(first_epoch, offset, num_steps)
+        return ds
+
+    def end_dataset(self, failed: bool) -> None:
+        if failed:
+            self.loader.stop(timeout=5)  # the error may be on this rank only: do not wait long
+        elif not self.loader.stop():   # every rank left fit at the same step: end the broadcasts together
+            log.warning("input loader thread did not stop within 60 s")
+
+    def chief_callbacks(self) -> list:
+        if self.cfg.train.grad_stats_every <= 0:
+            return []
+        from ba_dist.analysis.gradstats import GradStatsLogger
+        return [GradStatsLogger(self.workdir, every=self.cfg.train.grad_stats_every,
+                                world_size=self.ctx.topology.world_size)]
+
+    def skipped_total(self) -> int:
+        """Corrupt samples replaced so far, counted once per group (by its reader), summed over groups."""
+        return int(dist.allreduce_sum(self.data.skipped(), name="ba_skipped"))
+
+    def epoch_fields(self, state, logs: dict) -> dict:
+        return {"unique_images_seen": state.global_step * state.unique_batch, "skipped_samples": self.skipped_total()}
+
+    def evaluate(self, state) -> dict:
+        from ba_dist import train_step
+        return train_step.evaluate_sharded(self.net, self.data.eval_dataset(), self.ctx.hvd,
+                                           self.data.eval_source.num_classes)
+
+    def best_metric(self, logs: dict):
+        return logs.get("val_top1")
+
+    def final_evaluation(self, state):
+        if not state.last_eval or state.stop_reason == "max_steps":
+            state.last_eval = self.evaluate(state)
+        return dict(state.last_eval, skipped_samples=self.skipped_total()), state.last_eval
+
+    def summary(self, result: dict, state) -> str:
+        return (f"done: validation top-1 {result['val_top1']:.2%}, top-5 {result['val_top5']:.2%}, "
+                f"loss {result['val_loss']:.4f} on {result['val_count']} samples after {state.global_step} steps "
+                f"({result['wall_time_sec']:.0f}s)")
 
 
 def main(cfg, workdir: str) -> int:
-    from ba_dist import callbacks as cb
-    cb.catch_stop_signals_early()
-    cb.EARLY_SIGNALS.extend(_EARLY_SIGNALS)
-    # ---- 1. config and layout: pure checks, identical verdict on every rank
-    config_lib.validate(cfg)
-    from ba_dist import dist
-    rank, world = dist.world_rank_and_size()
-    lay = config_lib.layout(cfg, world)
-
-    # ---- 2. distribution
-    ctx = dist.init_for_layout(lay, deterministic=cfg.train.deterministic, seed=cfg.seed)
-    topo, hvd = ctx.topology, ctx.hvd
-    import tensorflow as tf
-    if cfg.train.mixed_precision:
-        tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    from ba_dist import optim, trainer
-    from ba_dist.checkpoint import CheckpointManager, restore_for_all_ranks
-    from ba_dist.data import build as data_build
-
-    wd = Path(workdir)
-    if topo.is_chief:
-        wd.mkdir(parents=True, exist_ok=True)
-        (wd / "config.json").write_text(config_lib.to_json(cfg))
-    _say(rank, lay.describe())
-
-    # ---- 3. input pipeline
-    data = data_build.build(cfg, lay, ctx)
-    spe = data.steps_per_epoch
-    net = build_net(cfg, data.num_classes, data.input_shape)
-    _say(rank, f"data: {data.describe(cfg.train.epochs)}")
-
-    # ---- 4. model and optimizer
-    scaling_batch = lay.unique_batch if cfg.optim.lr_scaling_batch == "unique" else lay.global_batch
-    base_lr = optim.scale_lr(cfg.optim.base_lr, scaling_batch, cfg.optim.lr_scaling, cfg.optim.reference_batch)
-    schedule = optim.make_schedule(cfg.optim.regime, base_lr, spe, **_schedule_kwargs(cfg))
-    opt = optim.make_optimizer(schedule, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
-    if cfg.train.mixed_precision:
-        opt = tf.keras.mixed_precision.LossScaleOptimizer(opt)
-    compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
-    model = trainer.BATrainModel(net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
-                                 cfg.optim.label_smoothing, compression)
-    model.compile(optimizer=opt)
-    if cfg.train.xla:
-        model.enable_xla()
-    _say(rank, f"model {cfg.model.name}: {net.count_params():,} parameters, bn '{cfg.model.bn}', "
-               f"lr {base_lr:g} ({cfg.optim.regime}, scaling {cfg.optim.lr_scaling})")
-
-    # ---- 5. restore (rank 0 reads, everybody gets the state by broadcast)
-    inner_opt = opt.inner_optimizer if cfg.train.mixed_precision else opt
-    inner_opt._create_all_weights(net.trainable_variables)
-    ckpt = tf.train.Checkpoint(net=net, optimizer=opt)
-    manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
-    meta = restore_for_all_ranks(manager, ckpt, ctx, net.variables + opt.variables(),
-                                 resume=cfg.train.resume, fallback=cfg.train.resume_fallback)
-    start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
-    if meta:
-        _say(rank, f"resumed from {meta['path']} at epoch {start_epoch} step {start_step}")
-
-    # ---- 6. fit, one call per stretch of whole Keras epochs
-    state = cb.TrainState(spe, lay.unique_batch, lay.global_batch)
-    state.epoch, state.step_in_epoch = start_epoch, start_step
-    last_saved = {"step": -1}
-
-    def save(logs, metric):
-        if state.global_step == last_saved["step"]:
-            return
-        last_saved["step"] = state.global_step
-        if topo.is_chief:
-            info = dict(state.position(), seed=cfg.seed, layout=lay.__dict__,
-                        metrics=cb.numeric_logs(logs))
-            path = manager.save(ckpt, info, metric)
-            _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
-
-    def evaluate():
-        return trainer.evaluate_sharded(net, data.eval_dataset(), hvd, data.eval_source.num_classes)
-
-    def skipped_total() -> int:
-        # corrupt samples replaced so far, counted once per group (by its reader), summed over groups
-        return int(hvd.allreduce(tf.constant(data.skipped(), tf.float64), op=hvd.Sum, name="ba_skipped").numpy())
-
-    def run_fit(first_epoch: int, last_epoch: int, offset: int):
-        steps = (last_epoch - first_epoch) * spe - offset
-        ds, loader = data.train_dataset(first_epoch, offset, steps)
-        state.epoch_offset = offset
-        cbs = [cb._StateTracker(state),
-               cb.metric_average(),
-               cb.EvalCallback(state, evaluate, cfg.train.eval_every, cfg.train.epochs),
-               cb.ThroughputCallback(state, skipped_total)]
-        if topo.is_chief:
-            cbs.append(cb.MetricsLogger(wd, state, lambda: schedule(inner_opt.iterations)))
-            if cfg.train.grad_stats_every > 0:
-                from ba_dist.analysis.gradstats import GradStatsLogger
-                cbs.append(GradStatsLogger(wd, every=cfg.train.grad_stats_every, world_size=topo.world_size))
-        cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
-                cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
-        # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
-        try:
-            model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
-                      callbacks=cbs, verbose=cfg.train.verbose if topo.is_chief else 0)
-        except BaseException:
-            loader.stop(timeout=5)  # the error may be on this rank only: do not wait long
-            raise
-        # every rank leaves fit at the same step; end the group's broadcasts together
-        if not loader.stop():
-            log.warning("input loader thread did not stop within 60 s")
-
-    t0 = time.time()
-    if start_step and start_epoch < cfg.train.epochs:   # finish the interrupted epoch first
-        run_fit(start_epoch, start_epoch + 1, start_step)
-    if not state.stopped and state.epoch < cfg.train.epochs:
-        run_fit(state.epoch, cfg.train.epochs, 0)
-
-    # ---- 7. the end
-    if state.stopped and state.stop_reason != "max_steps":
-        # Nobody leaves before rank 0's checkpoint is on disk: mpirun kills the
-        # whole job as soon as one rank exits non-zero.
-        ctx.world_comm.Barrier()
-        _say(rank, f"stopped early ({state.stop_reason}) at epoch {state.epoch} step {state.step_in_epoch}; "
-                   f"checkpoint written, exit {cb.REQUEUE_EXIT_CODE} = requeue me")
-        return cb.REQUEUE_EXIT_CODE
-    if not state.last_eval or state.stop_reason == "max_steps":
-        state.last_eval = evaluate()
-    save(dict(state.last_eval), state.last_eval.get("val_top1"))
-    result = dict(state.last_eval, epochs=state.epoch, global_step=state.global_step,
-                  skipped_samples=skipped_total(), wall_time_sec=time.time() - t0)
-    if topo.is_chief:
-        (wd / "result.json").write_text(json.dumps(result, indent=1, default=float))
-    _say(rank, f"done: validation top-1 {result['val_top1']:.2%}, top-5 {result['val_top5']:.2%}, "
-               f"loss {result['val_loss']:.4f} on {result['val_count']} samples after {state.global_step} steps "
-               f"({result['wall_time_sec']:.0f}s)")
-    return 0
+    """Train ``cfg`` into ``workdir`` on every rank: 0 done, 75 stopped early (requeue)."""
+    return fit.run(ImageTask(cfg), workdir)
 
 
 def build_net(cfg, num_classes: int, in_shape: tuple):
@@ -211,21 +169,8 @@ def _main(argv):
 
 
 def run():
-    """Console-script entry point."""
-    # Importing TensorFlow (in main) alone takes seconds, minutes from a busy parallel file
-    # system: from here on SIGTERM/SIGUSR1 are recorded and honoured at the first step.
-    for s in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(s, lambda signum, frame: _EARLY_SIGNALS.append(signum))
-    try:
-        app.run(_main)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        if FLAGS.is_parsed():
-            raise
-        # ml_collections rejects an override of a key the config does not have
-        # (or of the wrong type) while absl parses the command line.
-        print(f"[ba-train] config error: bad --config override: {e} "
-              f"(keys must exist in the config; see configs/ and ba_dist/config.py)", file=sys.stderr)
-        sys.exit(2)
+    """Console-script entry point ``ba-train``."""
+    fit.console("ba-train", _main, usage=__doc__, flag_names=["config", "workdir"])
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ ba_site_launcher() {
 # END OF SITE BLOCK
 # ============================================================================
 
-REQUEUE_EXIT_CODE=75   # ba_dist.callbacks.REQUEUE_EXIT_CODE
+REQUEUE_EXIT_CODE=75   # ba_dist.fit.REQUEUE_EXIT_CODE
 
 ba_log() { printf '[ba-slurm] %s\n' "$*"; }
 ba_die() { printf '[ba-slurm] error: %s\n' "$*" >&2; exit 2; }

@@ -10,13 +10,15 @@ tests/test_seq.py).
 import json
 import math
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist import dist
+from ba_dist import dist, fit
 from ba_dist.config import load_config_file
 from ba_dist.seq import batching, data, dropout
 from ba_dist.seq import evaluate as seq_eval
@@ -161,3 +163,41 @@ def test_transformer_trains_with_ba_and_bleu_with_beam_4(ctx):
     if ctx.topology.is_chief:
         hyps = (wd / "valid.hyp.txt").read_text().splitlines()
         assert len(hyps) == 40 and math.isfinite(res["valid_loss"])
+
+
+def _final_weights(workdir):
+    last = sorted((workdir / "checkpoints").glob("ckpt-*"))[-1]
+    reader = tf.train.load_checkpoint(str(last / "state"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "net/" in k or "optimizer/" in k}
+
+
+def test_sigusr1_to_one_rank_stops_with_checkpoint_and_resumes_bitwise(ctx):
+    """The fit loop's stop/requeue/resume for sequences: last, since it turns on op determinism."""
+    cfg = _cfg("seq_transformer_demo.py", **{
+        "input.corpus_kwargs.num_examples": {"train": 200, "valid": 20, "test": 20},
+        "input.max_tokens": 256, "train.epochs": 2, "train.verbose": 0, "train.deterministic": True,
+        "train.keep_checkpoints": 10, "train.eval_every": 2, "model.kwargs.d_model": 16,
+        "model.kwargs.ffn_dim": 32, "model.kwargs.encoder_layers": 1, "model.kwargs.decoder_layers": 1,
+        "optim.warmup_steps": 20, "eval.final_splits": ""})
+    straight, stopped = WORKDIR / "mt_straight", WORKDIR / "mt_stopped"
+    assert seq_train.main(cfg, str(straight)) == 0
+    if ctx.topology.is_chief:   # the same vocabulary and encoded data: not built twice
+        shutil.copytree(straight / "data", stopped / "data")
+    ctx.world_comm.Barrier()
+    # SIGUSR1 to the last rank only, during start-up: recorded, honoured after the first step on EVERY rank
+    fit.catch_stop_signals_early()
+    if ctx.rank == ctx.size - 1:
+        os.kill(os.getpid(), signal.SIGUSR1)
+    assert seq_train.main(cfg, str(stopped)) == fit.REQUEUE_EXIT_CODE
+    ckpts = sorted((stopped / "checkpoints").glob("ckpt-*"))
+    assert [c.name for c in ckpts] == ["ckpt-000000001"]   # on disk on every rank's return (the barrier)
+    meta = json.loads((ckpts[0] / "meta.json").read_text())
+    assert (meta["epoch"], meta["step_in_epoch"]) == (0, 1)
+    ctx.world_comm.Barrier()   # every rank has seen the checkpoint before rank 0 may write more
+    assert seq_train.main(cfg, str(stopped)) == 0   # resumes mid-epoch 0, then epoch 1
+    ctx.world_comm.Barrier()
+    a, b = _final_weights(straight), _final_weights(stopped)
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert [r["epoch"] for r in _rows(stopped)][-2:] == [1, 2]

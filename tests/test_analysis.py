@@ -41,7 +41,7 @@ WORKER = textwrap.dedent("""
     ctx = dist.init()
     hvd, rank, size = ctx.hvd, ctx.rank, ctx.size
     import tensorflow as tf
-    from ba_dist import config as config_lib, optim, train, trainer
+    from ba_dist import config as config_lib, optim, train, train_step
     from ba_dist.analysis import cli
     from ba_dist.analysis.gradstats import GradStatsLogger
     from ba_dist.checkpoint import CheckpointManager
@@ -56,7 +56,7 @@ WORKER = textwrap.dedent("""
     net = train.build_net(cfg, src.num_classes, data_build.input_shape(spec, src))
     hvd.broadcast_variables(net.variables, root_rank=0)
     opt = optim.make_optimizer(0.05)
-    model = trainer.BATrainModel(net, hvd, weight_decay=5e-4)
+    model = train_step.BATrainModel(net, hvd, weight_decay=5e-4)
     model.compile(optimizer=opt)
 
     def batch(first):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist import trainer
+from ba_dist import train_step
 from ba_dist.data.arrays import SyntheticSource
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import PipelineSpec
@@ -36,7 +36,7 @@ def test_tta_averages_the_softmax_over_copies():
     labels = np.array([0, 1, 2, 1, 0])
     weights = np.array([1, 1, 1, 1, 0], np.float32)                      # the last one is padding
     ds = tf.data.Dataset.from_tensor_slices((logits.reshape(5, 4, 1, 1, 3), labels, weights)).batch(2)
-    out = trainer.evaluate_sharded(net, ds, OneRank, num_classes=3)
+    out = train_step.evaluate_sharded(net, ds, OneRank, num_classes=3)
 
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     mean = p.mean(1)[:4]
@@ -50,8 +50,8 @@ def test_single_copy_tta_equals_plain_evaluation_of_the_same_images():
     net = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(1, 1, 3))])
     x = np.random.default_rng(1).normal(size=(6, 1, 1, 3)).astype(np.float32)
     y, w = np.array([0, 1, 2, 0, 1, 2]), np.ones(6, np.float32)
-    plain = trainer.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x, y, w)).batch(4), OneRank, 3)
-    tta1 = trainer.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x[:, None], y, w)).batch(4), OneRank, 3)
+    plain = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x, y, w)).batch(4), OneRank, 3)
+    tta1 = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x[:, None], y, w)).batch(4), OneRank, 3)
     for k in ("val_top1", "val_top5", "val_count"):
         assert plain[k] == tta1[k]
     assert plain["val_loss"] == pytest.approx(tta1["val_loss"], rel=1e-5)

@@ -20,7 +20,7 @@ from ba_dist.config import ConfigError, load_config_file
 from ba_dist.seq import batching, beam, data, dropout, schedules
 from ba_dist.seq import config as seq_config
 from ba_dist.seq.lstm_lm import LSTMLanguageModel
-from ba_dist.seq.trainer import token_losses
+from ba_dist.seq.train_step import token_losses
 from ba_dist.seq.transformer import Transformer
 
 
@@ -288,6 +288,13 @@ def test_cli_rejects_a_bad_config_fast(tmp_path):
     assert res.returncode == 2 and "ba.multiplicity=3 is not divisible by ba.m_ranks=2" in res.stdout
 
 
+@pytest.mark.parametrize("module, example", [("ba_dist.seq.train", "ba-train-seq --config"),
+                                             ("ba_dist.seq.evaluate", "ba-eval-seq --config")])
+def test_cli_help_prints_usage_flags_and_an_example(module, example):
+    res = run([PYTHON, "-m", module, "--help"], timeout=60, env=rank_env())
+    assert res.returncode == 0 and example in res.stdout and "--workdir:" in res.stdout, res.stdout
+
+
 def test_cli_names_a_missing_dataset(tmp_path):
     res = run([PYTHON, "-m", "ba_dist.seq.train", "--config", str(REPO / "configs/seq_lstm_ptb.py:ba"),
                "--workdir", str(tmp_path / "w"), f"--config.input.data_dir={tmp_path}"], timeout=300, env=rank_env())
@@ -298,10 +305,10 @@ def test_cli_names_a_missing_dataset(tmp_path):
 def test_both_models_train_with_ba_under_mpirun(tmp_path):
     """One launch, 2 ranks: see tests/seq_ranks.py."""
     res = mpirun(2, ["-x", "BA_SEQ_TEST_WORKDIR", PYTHON, "-m", "pytest", "tests/seq_ranks.py", "-q", "-x",
-                     "-p", "no:cacheprovider", "-o", "timeout=400"], timeout=480, BA_SEQ_TEST_WORKDIR=str(tmp_path))
+                     "-p", "no:cacheprovider", "-o", "timeout=400"], timeout=900, BA_SEQ_TEST_WORKDIR=str(tmp_path))
     sys.stdout.write(res.stdout[-6000:])
     assert res.returncode == 0, res.stdout[-8000:]
-    assert res.stdout.count("4 passed") == 2, res.stdout[-4000:]   # every rank ran every test
+    assert res.stdout.count("5 passed") == 2, res.stdout[-4000:]   # every rank ran every test
     lm = json.loads((tmp_path / "lm" / "result.json").read_text())
     mt = json.loads((tmp_path / "mt" / "eval_valid.json").read_text())
     assert lm["valid_ppl"] > 1 and 0 <= mt["valid_bleu"] <= 100 and mt["bleu_sentences"] == 40

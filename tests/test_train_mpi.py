@@ -29,6 +29,13 @@ def test_readme_main_job_reaches_95_percent(tmp_path):
     assert (tmp_path / "config.json").is_file() and list((tmp_path / "tensorboard").iterdir())
 
 
+def test_help_prints_usage_flags_and_an_example():
+    res = run(BA_TRAIN + ["--help"], timeout=60)
+    assert res.returncode == 0, res.stdout
+    assert "ba-train" in res.stdout and "--workdir:" in res.stdout and "mpirun -np 2 ba-train" in res.stdout
+    assert "tensorflow" not in res.stdout.lower()   # the config check phase: no TF imported
+
+
 def test_world_not_divisible_by_m_ranks_exits_fast():
     t0 = time.monotonic()
     res = mpirun(3, BA_TRAIN + SMOKE + ["--workdir", "/tmp/never-used"], timeout=120)

@@ -6,7 +6,7 @@ BA reduces. ``metrics.jsonl`` holds its epoch mean; this callback logs it every
 ``every`` steps, together with a direct variance estimate that costs one
 scalar in an allreduce that happens anyway.
 
-The estimator. :class:`ba_dist.trainer.BATrainModel` computes every rank's
+The estimator. :class:`ba_dist.train_step.BATrainModel` computes every rank's
 local gradient ``g_r`` (mean over the rank's ``m_local x b`` examples), the
 applied gradient ``g = mean_r g_r`` (Horovod average) and, from one more
 element of the summed flags allreduce, ``mean_r |g_r|^2``. Then::
@@ -73,7 +73,7 @@ class GradStatsLogger(tf.keras.callbacks.Callback):
       world_size: number of ranks N (for ``grad_var_of_mean``).
       tensorboard: also write ``step/*`` scalars to ``<workdir>/tensorboard``.
 
-    The model must be a :class:`ba_dist.trainer.BATrainModel` (it owns the
+    The model must be a :class:`ba_dist.train_step.BATrainModel` (it owns the
     ``step_grad_norm`` and ``step_grad_var`` variables).
     """
 
@@ -90,7 +90,7 @@ class GradStatsLogger(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         for name in ("step_grad_norm", "step_grad_var"):
             if not hasattr(self.model, name):
-                raise TypeError(f"GradStatsLogger needs a ba_dist.trainer.BATrainModel (no {name} on "
+                raise TypeError(f"GradStatsLogger needs a ba_dist.train_step.BATrainModel (no {name} on "
                                 f"{type(self.model).__name__})")
         # Counted here, not read per step: a skipped (non-finite) step does not advance iterations.
         self.step = int(self.model.optimizer.iterations.numpy())

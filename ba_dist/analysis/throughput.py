@@ -6,7 +6,7 @@ batch size that fits (median of 200 runs: 29.9 images/s at batch 1, 53.9 at
 grows with the local batch until the device saturates, so M copies per rank
 come almost for free below that point.
 
-What is timed here is the real training step, :class:`ba_dist.trainer.BATrainModel`
+What is timed here is the real training step, :class:`ba_dist.train_step.BATrainModel`
 ``train_step`` (forward, backward, Horovod gradient average, SGD momentum
 update), on synthetic tensors that already sit in memory: the input pipeline
 is excluded on purpose (it is the paper's separate I/O argument). Per batch
@@ -89,7 +89,7 @@ class BenchSpec:
 
 def build_bench_model(spec: BenchSpec, hvd):
     """A compiled :class:`BATrainModel` for ``spec`` (SGD momentum, constant small LR, wd 1e-4)."""
-    from ba_dist import models, optim, trainer
+    from ba_dist import models, optim, train_step as trainer
     net = models.build_model(spec.model, spec.num_classes, spec.input_shape, bn=spec.bn)
     model = trainer.BATrainModel(net, hvd, weight_decay=1e-4)
     model.compile(optimizer=optim.make_optimizer(0.01, momentum=0.9))

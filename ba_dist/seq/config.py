@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ba_dist.config import ConfigError, Layout
+from ba_dist.config import ConfigError, Layout, check_values, num_groups
 
 __all__ = ["TASKS", "base_config", "validate", "layout", "describe"]
 
@@ -98,38 +98,22 @@ _CHOICES = {
 }
 
 
-def _get(c, dotted):
-    for part in dotted.split("."):
-        c = c[part]
-    return c
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every value that can be checked without data or ranks. Raises ConfigError."""
-    for key, choices in _CHOICES.items():
-        if _get(c, key) not in choices:
-            raise ConfigError(f"{key}={_get(c, key)!r}: must be one of {', '.join(choices)}")
+    check_values(c, _CHOICES,
+                 positive=["input.batch_size", "input.bptt", "input.eval_streams", "input.test_streams",
+                           "input.max_tokens", "input.max_len", "input.vocab_size", "input.eval_batch_size",
+                           "ba.multiplicity", "ba.m_ranks", "train.epochs", "train.eval_every",
+                           "train.checkpoint_every", "train.keep_checkpoints", "eval.beam_size", "input.prefetch"],
+                 non_negative=["optim.base_lr", "optim.weight_decay", "optim.clip_norm", "optim.label_smoothing",
+                               "optim.momentum", "eval.alpha", "optim.warmup_steps"])
     if c.input.dataset not in TASKS[c.task]:
         raise ConfigError(f"input.dataset={c.input.dataset!r} is not a {c.task} dataset; "
                           f"use one of {', '.join(TASKS[c.task])}")
-    for key in ("input.batch_size", "input.bptt", "input.eval_streams", "input.test_streams", "input.max_tokens",
-                "input.max_len", "input.vocab_size", "input.eval_batch_size", "ba.multiplicity", "ba.m_ranks",
-                "train.epochs", "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
-                "eval.beam_size", "input.prefetch"):
-        v = _get(c, key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"{key}={v!r}: must be a positive number")
-    for key in ("optim.base_lr", "optim.weight_decay", "optim.clip_norm", "optim.label_smoothing",
-                "optim.momentum", "eval.alpha", "optim.warmup_steps"):
-        if _get(c, key) < 0:
-            raise ConfigError(f"{key}={_get(c, key)}: must be >= 0")
     if c.optim.label_smoothing >= 1:
         raise ConfigError(f"optim.label_smoothing={c.optim.label_smoothing}: must be < 1")
     if c.optim.schedule == "inverse_sqrt" and c.optim.warmup_steps < 1:
         raise ConfigError("optim.schedule='inverse_sqrt' needs optim.warmup_steps >= 1")
-    if c.ba.multiplicity % c.ba.m_ranks:
-        raise ConfigError(f"ba.multiplicity={c.ba.multiplicity} is not divisible by ba.m_ranks={c.ba.m_ranks}: "
-                          f"each rank makes multiplicity/m_ranks copies")
     if c.task == "translation" and c.input.max_len > c.input.max_tokens:
         raise ConfigError(f"input.max_len={c.input.max_len} exceeds input.max_tokens={c.input.max_tokens}: "
                           f"a pair could not fit any batch")
@@ -141,10 +125,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 def layout(c: ml_collections.ConfigDict, world_size: int) -> Layout:
     """Batch arithmetic for ``world_size`` ranks; ``unique_batch`` is streams (lm) or tokens (translation)."""
     m_ranks, M = c.ba.m_ranks, c.ba.multiplicity
-    if world_size % m_ranks:
-        raise ConfigError(f"world size {world_size} is not divisible by ba.m_ranks={m_ranks}: "
-                          f"launch a multiple of {m_ranks} ranks or change ba.m_ranks")
-    groups = world_size // m_ranks
+    groups = num_groups(c, world_size)
     if c.task == "lm":
         B = c.input.batch_size
         if B % groups:

@@ -1,7 +1,9 @@
 """``ba-eval-seq``: perplexity (language model) or BLEU with beam search (translation) of a checkpoint.
 
+Example::
+
     [mpirun -np N] ba-eval-seq --config configs/seq_transformer_wmt16.py:ba --workdir W \\
-        [--split test] [--checkpoint best|latest|W/checkpoints/ckpt-000100000] [--config.eval.beam_size=4]
+        --split test --checkpoint best --config.eval.beam_size=4
 
 Uses the vocabulary and encoded data that ``ba-train-seq`` cached in
 ``<workdir>/data`` (a vocabulary built anew would not match the weights).
@@ -12,11 +14,13 @@ Exit codes: 0 done, 1 error, 2 bad config or command line.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 from absl import flags
 
+from ba_dist import fit
 from ba_dist.config import ConfigError
 from ba_dist.seq import config as seq_config
 from ba_dist.seq import train as seq_train
@@ -85,7 +89,8 @@ def run():
     seq_train.define_flags()
     flags.DEFINE_enum("split", "test", ["valid", "test"], "Split to evaluate.")
     flags.DEFINE_string("checkpoint", "best", "latest | best | a checkpoint directory.")
-    seq_train.cli("ba-eval-seq", main)
+    fit.console("ba-eval-seq", functools.partial(seq_train.run_main, "ba-eval-seq", main), usage=__doc__,
+                flag_names=["config", "workdir", "split", "checkpoint"], catch_signals=False)
 
 
 if __name__ == "__main__":

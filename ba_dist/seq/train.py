@@ -1,35 +1,39 @@
 """``ba-train-seq``: sequence models with Batch Augmentation (dropout masks) under Horovod.
 
-    mpirun -np 2 ba-train-seq --config configs/seq_lstm_demo.py --workdir /tmp/lm \\
-        [--config.ba.multiplicity=4 --config.train.epochs=3 ...]
+Language modelling (LSTM, PTB / python_docs) or translation (Transformer,
+WMT16 En-De / synthetic): every sequence of the global batch appears M times,
+each copy with its own dropout masks. Rank 0 builds the vocabulary and
+encoded arrays into ``<workdir>/data``, everyone memory-maps them. The fit
+loop (phases, resume, requeue, outputs, exit codes 0/1/2/75) is
+:mod:`ba_dist.fit`, shared with ``ba-train``; this module is the sequence
+task and the CLI. ``metrics.jsonl`` has token fields (docs/sequence.md).
 
-Phases of :func:`main`, as ``ba-train``'s: config & layout (no TensorFlow,
-a bad config fails on every rank in a second) -> distribution -> data (rank 0
-builds the vocabulary and encoded arrays into ``<workdir>/data``, everyone
-memory-maps them) -> model & optimizer -> restore -> fit -> final evaluation.
-Outputs, checkpoints and exit codes are ``ba-train``'s (docs/usage.md);
-``metrics.jsonl`` has token fields instead of image ones (docs/sequence.md).
+Example::
+
+    mpirun -np 2 ba-train-seq --config configs/seq_lstm_demo.py --workdir /tmp/lm \\
+        --config.ba.multiplicity=4 --config.train.epochs=3
 """
 from __future__ import annotations
 
-import json
+import functools
+import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 from absl import app, flags
 
-from ba_dist.config import ConfigError, to_json
+from ba_dist import fit
+from ba_dist.config import ConfigError
 from ba_dist.seq import config as seq_config
 
 FLAGS = flags.FLAGS
 
-
-def _say(rank: int, msg: str) -> None:
-    if rank == 0:
-        print(f"[ba-train-seq] {msg}", flush=True)
+# metrics.jsonl / metrics.csv columns, in this order (a contract: docs/sequence.md)
+METRICS_FIELDS = ("epoch", "step", "lr", "train_loss", "train_nll", "train_ppl", "train_top1", "val_loss",
+                  "val_ppl", "val_top1", "val_bleu", "tokens_per_sec", "unique_tokens_per_sec", "grad_norm",
+                  "epoch_time_sec")
 
 
 def prepare_data(cfg, workdir: Path, ctx):
@@ -69,18 +73,18 @@ def evaluate_split(cfg, net, vocab, splits, split: str, ctx, workdir: Path, bleu
 
     ``hypotheses``: a list that receives the translations (rank 0, in split order).
     """
-    from ba_dist.seq import data, evaluation
+    from ba_dist.seq import data, scoring
     topo, hvd = ctx.topology, ctx.hvd
     if cfg.task == "lm":
         streams = cfg.input.eval_streams if split == "valid" else cfg.input.test_streams
-        return evaluation.lm_perplexity(net, splits[split], streams, cfg.input.bptt, hvd, topo.rank,
+        return scoring.lm_perplexity(net, splits[split], streams, cfg.input.bptt, hvd, topo.rank,
                                         topo.world_size)
     src, tgt = splits[split]
-    out = evaluation.translation_loss(net, src, tgt, vocab.bos, hvd, topo.rank, topo.world_size,
+    out = scoring.translation_loss(net, src, tgt, vocab.bos, hvd, topo.rank, topo.world_size,
                                       cfg.input.eval_batch_size)
     if bleu:
         refs = data.references(Path(workdir) / "data", split)
-        res, hyps = evaluation.translation_bleu(
+        res, hyps = scoring.translation_bleu(
             net, src, tgt, vocab, refs, ctx.world_comm, topo.rank, topo.world_size, cfg.input.eval_batch_size,
             cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.extra_len, cfg.eval.max_sentences)
         out.update(res)
@@ -89,140 +93,109 @@ def evaluate_split(cfg, net, vocab, splits, split: str, ctx, workdir: Path, bleu
     return out
 
 
+class SeqTask(fit.Task):
+    """Language modelling or translation with BA: every copy of a sequence gets its own dropout masks."""
+
+    name = "ba-train-seq"
+    metrics_fields = METRICS_FIELDS
+    throughput_unit, throughput_key = "tokens", "tokens"
+
+    def check(self, world_size: int):
+        seq_config.validate(self.cfg)
+        return seq_config.layout(self.cfg, world_size)
+
+    def describe(self) -> str:
+        return seq_config.describe(self.cfg, self.lay)
+
+    def prepare(self) -> fit.Plan:
+        """The same batches on every rank of a group, the same step count everywhere."""
+        import tensorflow as tf
+        from ba_dist.seq import batching
+        cfg, lay, topo = self.cfg, self.lay, self.ctx.topology
+        self.vocab, self.splits = prepare_data(cfg, self.workdir, self.ctx)
+        if cfg.task == "lm":
+            self.batcher = batching.LMBatcher(self.splits["train"], lay.unique_batch, cfg.input.bptt,
+                                              topo.num_groups, topo.group_id, lay.m_local)
+            self.signature = (tf.TensorSpec([lay.per_rank_batch, cfg.input.bptt], tf.int32),) * 2
+            what = f"{len(self.splits['train']):,} training tokens in {lay.unique_batch} streams"
+        else:
+            self.batcher = batching.TranslationBatcher(*self.splits["train"], lay.per_rank_unique, topo.num_groups,
+                                                       topo.group_id, lay.m_local, self.vocab.bos, cfg.seed)
+            ids = tf.TensorSpec([None, None], tf.int32)
+            self.signature = ((ids, ids), ids)
+            what = f"{len(self.splits['train'][0]):,} training pairs in {len(self.batcher.batches):,} token batches"
+        spe = self.batcher.steps_per_epoch
+        epochs, max_steps = cfg.train.epochs, cfg.train.max_steps
+        if cfg.train.total_steps > 0:   # a budget in steps (the Transformer's 100k iterations)
+            epochs = -(-cfg.train.total_steps // spe)
+            max_steps = cfg.train.total_steps if max_steps <= 0 else min(max_steps, cfg.train.total_steps)
+        self.say(f"data: {cfg.input.dataset}, vocabulary {self.vocab.size:,}, {what}; {spe} steps per epoch x "
+                 f"{epochs} epochs" + (f", stop at step {max_steps}" if max_steps > 0 else ""))
+        return fit.Plan(spe, epochs, max_steps)
+
+    def build(self) -> fit.Parts:
+        from ba_dist.seq import schedules
+        from ba_dist.seq.train_step import SeqTrainModel
+        cfg, lay, topo, hvd = self.cfg, self.lay, self.ctx.topology, self.ctx.hvd
+        net = build_net(cfg, self.vocab.size)
+        schedule = schedules.make_schedule(cfg.optim.schedule, cfg.optim.base_lr, cfg.optim.warmup_steps)
+        opt = schedules.make_optimizer(cfg.optim.name, schedule, cfg.optim.momentum, cfg.optim.beta_1,
+                                       cfg.optim.beta_2, cfg.optim.epsilon)
+        compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
+        self.model = SeqTrainModel(net, hvd, seed=cfg.seed, rank=topo.rank, m_local=lay.m_local,
+                                   label_smoothing=cfg.optim.label_smoothing, clip_norm=cfg.optim.clip_norm,
+                                   weight_decay=cfg.optim.weight_decay, compression=compression,
+                                   recurrent_rows=lay.per_rank_batch if cfg.task == "lm" else None)
+        self.model.compile(optimizer=opt)
+        self.net = net
+        self.say(f"model {type(net).__name__}: {net.count_params():,} parameters, {cfg.optim.name} "
+                 f"lr {cfg.optim.base_lr:g} ({cfg.optim.schedule})")
+        return fit.Parts(self.model, net, opt, schedule)
+
+    def dataset(self, first_epoch: int, offset: int, num_steps: int):
+        import tensorflow as tf
+        batches = functools.partial(self.batcher.iterate, first_epoch, offset, num_steps)
+        return tf.data.Dataset.from_generator(batches, output_signature=self.signature).prefetch(
+            self.cfg.input.prefetch)
+
+    def callbacks(self, parts: fit.Parts) -> list:
+        from ba_dist.fit_callbacks import ResetStreams
+        return [ResetStreams(parts.model)]
+
+    def epoch_fields(self, state, logs: dict) -> dict:
+        if "nll" not in logs:
+            return {}
+        return {"train_nll": float(logs["nll"]), "train_ppl": math.exp(min(float(logs["nll"]), 50.0))}
+
+    def evaluate(self, state) -> dict:
+        every = self.cfg.eval.bleu_every
+        bleu = self.cfg.task == "translation" and every > 0 and state.epoch % every == 0
+        return evaluate_split(self.cfg, self.net, self.vocab, self.splits, self.cfg.input.eval_split, self.ctx,
+                              self.workdir, bleu)
+
+    def best_metric(self, logs: dict):
+        # best = lowest validation perplexity (measured at every evaluation, BLEU is not)
+        return -logs["val_ppl"] if "val_ppl" in logs else None
+
+    def final_evaluation(self, state):
+        """Every split of ``eval.final_splits``, ``val_*`` renamed ``<split>_*``."""
+        cfg, result = self.cfg, {}
+        for split in filter(None, cfg.eval.final_splits.split(",")):
+            res = evaluate_split(cfg, self.net, self.vocab, self.splits, split, self.ctx, self.workdir,
+                                 bleu=cfg.task == "translation")
+            result.update({k.replace("val_", f"{split}_"): v for k, v in res.items()})
+            if split == cfg.input.eval_split:
+                state.last_eval = res
+        return result, state.last_eval or {}
+
+    def summary(self, result: dict, state) -> str:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.endswith(("_ppl", "_bleu", "_loss")))
+        return f"done after {state.global_step} steps ({result['wall_time_sec']:.0f}s): {scores}"
+
+
 def main(cfg, workdir: str) -> int:
-    from ba_dist import callbacks as cb
-    cb.catch_stop_signals_early()  # a stop signal during start-up is honoured after the first step
-    # ---- 1. config and layout: pure checks, identical verdict on every rank
-    seq_config.validate(cfg)
-    from ba_dist import dist
-    rank, world = dist.world_rank_and_size()
-    lay = seq_config.layout(cfg, world)
-
-    # ---- 2. distribution
-    ctx = dist.init_for_layout(lay, deterministic=cfg.train.deterministic, seed=cfg.seed)
-    topo, hvd = ctx.topology, ctx.hvd
-    import tensorflow as tf
-    from ba_dist import callbacks as cb
-    from ba_dist.checkpoint import CheckpointManager, restore_for_all_ranks
-    from ba_dist.seq import batching, schedules
-    from ba_dist.seq import callbacks as seq_cb
-    from ba_dist.seq.trainer import SeqTrainModel
-
-    wd = Path(workdir)
-    if topo.is_chief:
-        wd.mkdir(parents=True, exist_ok=True)
-        (wd / "config.json").write_text(to_json(cfg))
-    _say(rank, seq_config.describe(cfg, lay))
-
-    # ---- 3. data: the same batches on every rank of a group, the same step count everywhere
-    vocab, splits = prepare_data(cfg, wd, ctx)
-    if cfg.task == "lm":
-        batcher = batching.LMBatcher(splits["train"], lay.unique_batch, cfg.input.bptt, topo.num_groups,
-                                     topo.group_id, lay.m_local)
-        signature = (tf.TensorSpec([lay.per_rank_batch, cfg.input.bptt], tf.int32),) * 2
-        what = f"{len(splits['train']):,} training tokens in {lay.unique_batch} streams"
-    else:
-        batcher = batching.TranslationBatcher(*splits["train"], lay.per_rank_unique, topo.num_groups, topo.group_id,
-                                              lay.m_local, vocab.bos, cfg.seed)
-        ids = tf.TensorSpec([None, None], tf.int32)
-        signature = ((ids, ids), ids)
-        what = f"{len(splits['train'][0]):,} training pairs in {len(batcher.batches):,} token batches"
-    spe = batcher.steps_per_epoch
-    epochs = cfg.train.epochs
-    max_steps = cfg.train.max_steps
-    if cfg.train.total_steps > 0:   # a budget in steps (the Transformer's 100k iterations)
-        epochs = -(-cfg.train.total_steps // spe)
-        max_steps = cfg.train.total_steps if max_steps <= 0 else min(max_steps, cfg.train.total_steps)
-    _say(rank, f"data: {cfg.input.dataset}, vocabulary {vocab.size:,}, {what}; {spe} steps per epoch x "
-               f"{epochs} epochs" + (f", stop at step {max_steps}" if max_steps > 0 else ""))
-
-    # ---- 4. model and optimizer
-    net = build_net(cfg, vocab.size)
-    schedule = schedules.make_schedule(cfg.optim.schedule, cfg.optim.base_lr, cfg.optim.warmup_steps)
-    opt = schedules.make_optimizer(cfg.optim.name, schedule, cfg.optim.momentum, cfg.optim.beta_1,
-                                   cfg.optim.beta_2, cfg.optim.epsilon)
-    compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
-    model = SeqTrainModel(net, hvd, seed=cfg.seed, rank=topo.rank, m_local=lay.m_local,
-                          label_smoothing=cfg.optim.label_smoothing, clip_norm=cfg.optim.clip_norm,
-                          weight_decay=cfg.optim.weight_decay, compression=compression,
-                          recurrent_rows=lay.per_rank_batch if cfg.task == "lm" else None)
-    model.compile(optimizer=opt)
-    _say(rank, f"model {type(net).__name__}: {net.count_params():,} parameters, {cfg.optim.name} "
-               f"lr {cfg.optim.base_lr:g} ({cfg.optim.schedule})")
-
-    # ---- 5. restore (rank 0 reads, everybody gets the state by broadcast)
-    opt._create_all_weights(net.trainable_variables)
-    ckpt = tf.train.Checkpoint(net=net, optimizer=opt)
-    manager = CheckpointManager(wd / "checkpoints", keep=cfg.train.keep_checkpoints, is_writer=topo.is_chief)
-    meta = restore_for_all_ranks(manager, ckpt, ctx, net.variables + opt.variables(),
-                                 resume=cfg.train.resume, fallback=cfg.train.resume_fallback)
-    start_epoch, start_step = (meta["epoch"], meta["step_in_epoch"]) if meta else (0, 0)
-    if meta:
-        _say(rank, f"resumed from {meta['path']} at epoch {start_epoch} step {start_step}")
-
-    # ---- 6. fit, one call per stretch of whole Keras epochs
-    state = cb.TrainState(spe, lay.unique_batch, lay.global_batch)
-    state.epoch, state.step_in_epoch = start_epoch, start_step
-    last_saved = {"step": -1}
-
-    def save(logs, _metric=None):
-        if state.global_step == last_saved["step"]:
-            return
-        last_saved["step"] = state.global_step
-        if topo.is_chief:
-            logs = logs or {}
-            # best = lowest validation perplexity (measured at every evaluation, BLEU is not)
-            metric = -logs["val_ppl"] if "val_ppl" in logs else None
-            info = dict(state.position(), seed=cfg.seed, layout=lay.__dict__,
-                        metrics=cb.numeric_logs(logs))
-            path = manager.save(ckpt, info, metric)
-            _say(rank, f"checkpoint {path.name} (epoch {state.epoch}, step {state.step_in_epoch})")
-
-    def evaluate():
-        every = cfg.eval.bleu_every
-        bleu = cfg.task == "translation" and every > 0 and state.epoch % every == 0
-        return evaluate_split(cfg, net, vocab, splits, cfg.input.eval_split, ctx, wd, bleu)
-
-    def run_fit(first_epoch: int, last_epoch: int, offset: int):
-        steps = (last_epoch - first_epoch) * spe - offset
-        gen = lambda: batcher.iterate(first_epoch, offset, steps)  # noqa: E731
-        ds = tf.data.Dataset.from_generator(gen, output_signature=signature).prefetch(cfg.input.prefetch)
-        state.epoch_offset = offset
-        cbs = [cb._StateTracker(state), cb.metric_average(), seq_cb.ResetStreams(model),
-               cb.EvalCallback(state, evaluate, cfg.train.eval_every, epochs),
-               seq_cb.TokenThroughput(state, lay.multiplicity)]
-        if topo.is_chief:
-            cbs.append(seq_cb.SeqMetricsLogger(wd, state, lambda: schedule(opt.iterations)))
-        cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, epochs),
-                cb.StopControl(state, save, max_steps, cfg.train.stop_after_epoch)]
-        # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
-        model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
-                  callbacks=cbs, verbose=cfg.train.verbose if topo.is_chief else 0)
-
-    t0 = time.time()
-    if start_step and start_epoch < epochs:   # finish the interrupted epoch first
-        run_fit(start_epoch, start_epoch + 1, start_step)
-    if not state.stopped and state.epoch < epochs:
-        run_fit(state.epoch, epochs, 0)
-
-    # ---- 7. the end: final evaluation of every requested split
-    if state.stopped and state.stop_reason != "max_steps":
-        _say(rank, f"stopped early ({state.stop_reason}) at epoch {state.epoch} step {state.step_in_epoch}; "
-                   f"checkpoint written, exit {cb.REQUEUE_EXIT_CODE} = requeue me")
-        return cb.REQUEUE_EXIT_CODE
-    result = {}
-    for split in filter(None, cfg.eval.final_splits.split(",")):
-        res = evaluate_split(cfg, net, vocab, splits, split, ctx, wd, bleu=cfg.task == "translation")
-        result.update({k.replace("val_", f"{split}_"): v for k, v in res.items()})
-        if split == cfg.input.eval_split:
-            state.last_eval = res
-    save(dict(state.last_eval or {}))
-    result.update(epochs=state.epoch, global_step=state.global_step, wall_time_sec=time.time() - t0)
-    if topo.is_chief:
-        (wd / "result.json").write_text(json.dumps(result, indent=1, default=float))
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.endswith(("_ppl", "_bleu", "_loss")))
-    _say(rank, f"done after {state.global_step} steps ({result['wall_time_sec']:.0f}s): {summary}")
-    return 0
+    """Train ``cfg`` into ``workdir`` on every rank: 0 done, 75 stopped early (requeue)."""
+    return fit.run(SeqTask(cfg), workdir)
 
 
 def define_flags() -> None:
@@ -242,44 +215,34 @@ def _exit(code: int) -> None:
         os._exit(code)  # skip interpreter teardown: other ranks may be gone
 
 
-def cli(name: str, main_fn) -> None:
-    """Run ``main_fn(config, workdir)`` as a console script; exit 2 on a bad config or command line."""
-    def _main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        if FLAGS.config is None or not FLAGS.workdir:
-            raise app.UsageError("--config and --workdir are required")
-        from ba_dist.seq.data import DataError
-        try:
-            code = main_fn(FLAGS.config, FLAGS.workdir)
-        except ConfigError as e:
-            print(f"[{name}] config error: {e}", file=sys.stderr, flush=True)
-            code = 2
-        except DataError as e:
-            # raised on the rank that reads (rank 0) while the others wait in a barrier
-            print(f"[{name}] data error: {e}", file=sys.stderr, flush=True)
-            from ba_dist import dist
-            if dist.world_rank_and_size()[1] > 1:
-                dist.abort(1)
-            code = 1
-        _exit(code)
-        return code
-
+def run_main(name: str, main_fn, argv) -> int:
+    """``main_fn(config, workdir)`` of a ``ba-*-seq`` script; exit 2 on a bad config, 1 on a data error."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None or not FLAGS.workdir:
+        raise app.UsageError("--config and --workdir are required")
+    from ba_dist.seq.data import DataError
     try:
-        app.run(_main)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        if FLAGS.is_parsed():
-            raise
-        # ml_collections refuses an override of a key the config lacks (or of the wrong type)
-        print(f"[{name}] config error: bad --config override: {e} (keys must exist in the config; "
-              f"see configs/seq_*.py and ba_dist/seq/config.py)", file=sys.stderr, flush=True)
-        sys.exit(2)
+        code = main_fn(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:
+        print(f"[{name}] config error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except DataError as e:
+        # raised on the rank that reads (rank 0) while the others wait in a barrier
+        print(f"[{name}] data error: {e}", file=sys.stderr, flush=True)
+        from ba_dist import dist
+        if dist.world_rank_and_size()[1] > 1:
+            dist.abort(1)
+        code = 1
+    _exit(code)
+    return code
 
 
 def run():
     """Console-script entry point ``ba-train-seq``."""
     define_flags()
-    cli("ba-train-seq", main)
+    fit.console("ba-train-seq", functools.partial(run_main, "ba-train-seq", main), usage=__doc__,
+                flag_names=["config", "workdir"])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The BA training step of the sequence models.
 
-:class:`SeqTrainModel` extends :class:`ba_dist.trainer.BATrainModel` (same stop
-flags, non-finite guard and Keras integration, so ``ba_dist.callbacks`` work
+:class:`SeqTrainModel` extends :class:`ba_dist.train_step.BATrainModel` (same stop
+flags, non-finite guard and Keras integration, so ``ba_dist.fit_callbacks`` work
 unchanged) with a token-level step::
 
     seed    = step_seed(seed, step, rank)       -> every copy its own dropout masks
@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from ba_dist.seq import dropout
 from ba_dist.seq.data import PAD
-from ba_dist.trainer import BATrainModel
+from ba_dist.train_step import BATrainModel
 
 __all__ = ["token_losses", "SeqTrainModel"]
 

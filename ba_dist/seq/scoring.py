@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ba_dist.seq import batching, beam
 from ba_dist.seq.data import PAD
-from ba_dist.seq.trainer import token_losses
+from ba_dist.seq.train_step import token_losses
 
 __all__ = ["lm_perplexity", "translation_loss", "translation_bleu", "corpus_bleu"]
 

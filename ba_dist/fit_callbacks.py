@@ -1,50 +1,51 @@
-"""Keras callbacks that do ba-train's bookkeeping around ``model.fit``.
+"""Keras callbacks of the fit loop (:mod:`ba_dist.fit`), for ``ba-train`` and ``ba-train-seq``.
 
-Order matters and :func:`make_callbacks` returns them in the order they must
-run at the end of an epoch: metric averaging (Horovod) -> evaluation ->
-throughput -> logging (rank 0) -> checkpoint (rank 0 writes) -> stop control.
+Not to be confused with :mod:`ba_dist.keras.callbacks`, the public face for
+users' own ``model.fit``. :meth:`ba_dist.fit.FitLoop.callbacks` puts these in
+the order they must run at the end of an epoch::
 
-Every rank runs every callback; only writes are restricted to rank 0, and
-every decision (stop, non-finite, checkpoint) is taken from values that are
-identical on all ranks, so ranks never disagree about the step they are at.
+    StateTracker -> MetricAverage (Horovod) -> [task's, e.g. stream reset] -> EvalCallback
+    -> Throughput -> EpochFields -> MetricsLogger (rank 0) -> [task's rank-0 ones]
+    -> CheckpointCallback -> StopControl
+
+The throughput needs the averaged metrics, the logger everything before it,
+the checkpoint the evaluation it records. Every rank runs every callback;
+only writes are restricted to rank 0, and every decision (stop, non-finite,
+checkpoint) is taken from values that are identical on all ranks, so ranks
+never disagree about the step they are at.
 """
 from __future__ import annotations
 
 import csv
 import json
-import logging
-import math
 import signal
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
-__all__ = ["REQUEUE_EXIT_CODE", "StopRequested", "TrainState", "EvalCallback", "ThroughputCallback",
-           "MetricsLogger", "CheckpointCallback", "StopControl",
-           "catch_stop_signals_early", "metric_average", "numeric_logs"]
+from ba_dist.fit import REQUEUE_EXIT_CODE, STOP_SIGNALS, take_early_signal
 
-log = logging.getLogger(__name__)
-
-# Exit code of a run that stopped early on SIGTERM/SIGUSR1 (or stop_after_epoch)
-# after writing a checkpoint: "requeue me". 75 is EX_TEMPFAIL in sysexits.h.
-REQUEUE_EXIT_CODE = 75
-
-
-class StopRequested(Exception):
-    """Raised after fit when the run stopped early and was checkpointed."""
+__all__ = ["REQUEUE_EXIT_CODE", "TrainState", "StateTracker", "EvalCallback", "Throughput", "EpochFields",
+           "ResetStreams", "MetricsLogger", "CheckpointCallback", "StopControl", "metric_average",
+           "numeric_logs"]
 
 
 class TrainState:
-    """Where training is, shared by the callbacks: epoch, step in epoch, global step."""
+    """Where training is, shared by the callbacks: epoch, step in epoch, global step.
 
-    def __init__(self, steps_per_epoch: int, unique_batch: int, global_batch: int):
+    Only :class:`StateTracker` (and :meth:`start_stretch` / :meth:`stop`)
+    changes it; the other callbacks read it.
+    """
+
+    def __init__(self, steps_per_epoch: int, unique_batch: int, global_batch: int,
+                 epoch: int = 0, step_in_epoch: int = 0):
         self.steps_per_epoch = steps_per_epoch
         self.unique_batch = unique_batch      # B
         self.global_batch = global_batch      # B x M
-        self.epoch = 0
-        self.step_in_epoch = 0
+        self.epoch = epoch
+        self.step_in_epoch = step_in_epoch
         self.epoch_offset = 0                 # steps already done in the epoch when fit started
         self.stopped = False                  # stopped mid-run (signal / max_steps / stop_after_epoch)
         self.stop_reason = ""
@@ -54,11 +55,25 @@ class TrainState:
     def global_step(self) -> int:
         return self.epoch * self.steps_per_epoch + self.step_in_epoch
 
+    @property
+    def requeue(self) -> bool:
+        """Stopped early with a checkpoint (signal, stop_after_epoch): the job is to be requeued."""
+        return self.stopped and self.stop_reason != "max_steps"
+
     def position(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step}
 
+    def start_stretch(self, offset: int) -> None:
+        """A ``model.fit`` call begins ``offset`` steps into its first epoch (a resumed epoch)."""
+        self.epoch_offset = offset
 
-class _StateTracker(tf.keras.callbacks.Callback):
+    def stop(self, reason: str) -> None:
+        self.stopped, self.stop_reason = True, reason
+
+
+class StateTracker(tf.keras.callbacks.Callback):
+    """Keeps :class:`TrainState` at Keras' position (first in the list: the others read it)."""
+
     def __init__(self, state: TrainState):
         super().__init__()
         self.state = state
@@ -76,8 +91,14 @@ class _StateTracker(tf.keras.callbacks.Callback):
         self.state.epoch_offset = 0
 
 
+def metric_average() -> tf.keras.callbacks.Callback:
+    """Horovod's average of the epoch's train metrics over ranks (equal local batches: exact)."""
+    import horovod.tensorflow.keras as hvd_keras
+    return hvd_keras.callbacks.MetricAverageCallback()
+
+
 class EvalCallback(tf.keras.callbacks.Callback):
-    """Exact sharded evaluation every ``every`` epochs and after the last one."""
+    """Exact sharded evaluation every ``every`` epochs and after the last one; results go into the logs."""
 
     def __init__(self, state: TrainState, evaluate: Callable[[], dict], every: int, last_epoch: int):
         super().__init__()
@@ -92,13 +113,20 @@ class EvalCallback(tf.keras.callbacks.Callback):
                 logs.update(self.state.last_eval)
 
 
-class ThroughputCallback(tf.keras.callbacks.Callback):
-    """Images per second over the epoch, both augmented copies and unique samples."""
+class Throughput(tf.keras.callbacks.Callback):
+    """``<unit>_per_sec`` (every copy) and ``unique_<unit>_per_sec`` over the epoch's training time.
 
-    def __init__(self, state: TrainState, skipped_fn: Callable[[], int] = lambda: 0):
+    Args:
+      state: the run's position.
+      unit: ``images`` or ``tokens``.
+      multiplicity: M (copies per unique sample).
+      per_step_key: the logs entry that holds the global units per step (the
+        token count, averaged over the epoch); None: ``state.global_batch``.
+    """
+
+    def __init__(self, state: TrainState, unit: str, multiplicity: int, per_step_key: Optional[str] = None):
         super().__init__()
-        self.state = state
-        self.skipped_fn = skipped_fn  # collective: called on every rank
+        self.state, self.unit, self.multiplicity, self.per_step_key = state, unit, multiplicity, per_step_key
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0, self.s0 = time.perf_counter(), self.state.step_in_epoch
@@ -108,28 +136,54 @@ class ThroughputCallback(tf.keras.callbacks.Callback):
         self.t_last = time.perf_counter()  # training time only: not the evaluation after the last step
 
     def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
         steps = (self.state.step_in_epoch or self.state.steps_per_epoch) - self.s0
         dt = max(self.t_last - self.t0, 1e-9)
+        per_step = float(logs.get(self.per_step_key, 0.0)) if self.per_step_key else self.state.global_batch
+        logs[f"{self.unit}_per_sec"] = steps * per_step / dt
+        logs[f"unique_{self.unit}_per_sec"] = logs[f"{self.unit}_per_sec"] / self.multiplicity
+        logs["epoch_time_sec"] = dt
+
+
+class EpochFields(tf.keras.callbacks.Callback):
+    """Adds the task's own per-epoch fields to the logs (on every rank: ``fields`` may be collective)."""
+
+    def __init__(self, fields: Callable[[dict], dict]):
+        super().__init__()
+        self.fields = fields
+
+    def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["images_per_sec"] = steps * self.state.global_batch / dt          # augmented copies
-            logs["unique_images_per_sec"] = steps * self.state.unique_batch / dt
-            logs["unique_images_seen"] = self.state.global_step * self.state.unique_batch
-            logs["epoch_time_sec"] = dt
-        skipped = self.skipped_fn()
-        if logs is not None:
-            logs["skipped_samples"] = skipped
+            logs.update(self.fields(logs))
+
+
+class ResetStreams(tf.keras.callbacks.Callback):
+    """Zero the language model's carried recurrent state at the start of every epoch (a no-op otherwise)."""
+
+    def __init__(self, train_model):
+        super().__init__()
+        self.train_model = train_model
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.train_model.reset_streams()
 
 
 class MetricsLogger(tf.keras.callbacks.Callback):
-    """Rank 0: ``metrics.jsonl`` + ``metrics.csv`` + TensorBoard scalars, one row per epoch."""
+    """Rank 0: ``metrics.jsonl`` + ``metrics.csv`` + TensorBoard scalars, one row per epoch.
 
-    FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-              "images_per_sec", "unique_images_per_sec", "unique_images_seen", "grad_norm",
-              "skipped_samples", "epoch_time_sec")
+    The columns are a contract (docs/usage.md, docs/sequence.md): ``fields`` in
+    this order, ``epoch`` fractional after a mid-epoch stop, every numeric field
+    a TensorBoard scalar at the global step. Keras' ``CSVLogger`` cannot keep
+    it (sorted columns fixed by the first epoch's logs, so ``val_*`` vanish
+    when the first epoch is not evaluated; 0-based epoch index; ``NA`` for
+    gaps) and its ``TensorBoard`` writes ``epoch_<metric>`` at the epoch index,
+    so this writes the files itself.
+    """
 
-    def __init__(self, workdir: Path, state: TrainState, lr_fn: Callable[[], float]):
+    def __init__(self, workdir: Path, state: TrainState, lr_fn: Callable[[], float], fields: Sequence[str]):
         super().__init__()
-        self.workdir, self.state, self.lr_fn = Path(workdir), state, lr_fn
+        self.workdir, self.state, self.lr_fn, self.fields = Path(workdir), state, lr_fn, tuple(fields)
         self.writer = tf.summary.create_file_writer(str(self.workdir / "tensorboard"))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -139,7 +193,7 @@ class MetricsLogger(tf.keras.callbacks.Callback):
         row = {"epoch": int(epochs_done) if self.state.step_in_epoch == 0 else epochs_done,
                "step": self.state.global_step, "lr": float(self.lr_fn()),
                "train_loss": logs.get("loss"), "train_top1": logs.get("top1")}
-        for k in self.FIELDS:
+        for k in self.fields:
             if k not in row:
                 row[k] = logs.get(k)
         row = {k: _plain(v) for k, v in row.items()}
@@ -148,21 +202,15 @@ class MetricsLogger(tf.keras.callbacks.Callback):
         csv_path = self.workdir / "metrics.csv"
         new = not csv_path.exists()
         with open(csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.FIELDS)
+            w = csv.DictWriter(f, fieldnames=self.fields)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k) for k in self.FIELDS})
+            w.writerow({k: row.get(k) for k in self.fields})
         with self.writer.as_default(step=self.state.global_step):
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("epoch", "step"):
                     tf.summary.scalar(k, v)
         self.writer.flush()
-
-
-def metric_average() -> tf.keras.callbacks.Callback:
-    """Horovod's average of the epoch's train metrics over ranks (equal local batches: exact)."""
-    import horovod.tensorflow.keras as hvd_keras
-    return hvd_keras.callbacks.MetricAverageCallback()
 
 
 def numeric_logs(logs) -> dict:
@@ -185,9 +233,9 @@ def _plain(v):
 
 
 class CheckpointCallback(tf.keras.callbacks.Callback):
-    """Every ``every`` epochs (and at a stop) rank 0 writes an atomic checkpoint."""
+    """Every ``every`` epochs (and after the last) ``save(logs)``; rank 0 writes (see FitLoop.save)."""
 
-    def __init__(self, state: TrainState, save: Callable[[dict, Optional[float]], None], every: int, last_epoch: int):
+    def __init__(self, state: TrainState, save: Callable[[dict], None], every: int, last_epoch: int):
         super().__init__()
         self.state, self.save, self.every, self.last_epoch = state, save, every, last_epoch
 
@@ -195,20 +243,7 @@ class CheckpointCallback(tf.keras.callbacks.Callback):
         if self.state.stopped:
             return  # StopControl saves the stop position itself
         if (epoch + 1) % self.every == 0 or epoch + 1 == self.last_epoch:
-            self.save(dict(logs or {}), (logs or {}).get("val_top1"))
-
-
-EARLY_SIGNALS: list[int] = []
-
-
-def catch_stop_signals_early(signals=(signal.SIGTERM, signal.SIGUSR1)) -> None:
-    """Record SIGTERM/SIGUSR1 from process start until StopControl takes over.
-
-    Without this, a signal during start-up (imports, data indexing, restore)
-    would kill the rank with the default action instead of stopping cleanly.
-    """
-    for s in signals:
-        signal.signal(s, lambda signum, frame: EARLY_SIGNALS.append(signum))
+            self.save(dict(logs or {}))
 
 
 class StopControl(tf.keras.callbacks.Callback):
@@ -216,24 +251,26 @@ class StopControl(tf.keras.callbacks.Callback):
 
     SIGTERM / SIGUSR1 (what SLURM sends before the time limit) set a flag that
     the training step reduces over all ranks, so every rank sees the stop at
-    the same step; rank 0 then checkpoints the exact position. A non-finite
-    loss or gradient raises FloatingPointError on every rank at the same step
-    without writing a checkpoint.
+    the same step; rank 0 then checkpoints the exact position. A signal that
+    arrived during start-up (:func:`ba_dist.fit.catch_stop_signals_early`) is
+    honoured at the first step. A non-finite loss or gradient raises
+    FloatingPointError on every rank at the same step without writing a
+    checkpoint. Must come last: it saves after everything else has run.
     """
 
-    def __init__(self, state: TrainState, save: Callable[[dict, Optional[float]], None],
-                 max_steps: int = -1, stop_after_epoch: int = -1, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, state: TrainState, save: Callable[[dict], None], max_steps: int = -1,
+                 stop_after_epoch: int = -1):
         super().__init__()
         self.state, self.save = state, save
         self.max_steps, self.stop_after_epoch = max_steps, stop_after_epoch
-        self.signals = signals
         self.received: Optional[int] = None
 
     def on_train_begin(self, logs=None):
-        for s in self.signals:
+        for s in STOP_SIGNALS:
             signal.signal(s, self._handle)
-        if EARLY_SIGNALS:  # arrived during start-up (minutes on a big allocation): honour it now
-            self._handle(EARLY_SIGNALS[-1], None)
+        early = take_early_signal()
+        if early is not None:  # arrived during start-up (minutes on a big allocation): honour it now
+            self._handle(early, None)
 
     def _handle(self, signum, frame):
         self.received = signum
@@ -256,9 +293,9 @@ class StopControl(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self.state.stopped and 0 < self.stop_after_epoch <= epoch + 1 and self.state.step_in_epoch == 0:
             self._stop("stop_after_epoch")
-        if self.state.stopped and self.state.stop_reason != "max_steps":
-            self.save(dict(logs or {}), None)
+        if self.state.requeue:
+            self.save(dict(logs or {}))
 
     def _stop(self, reason: str):
-        self.state.stopped, self.state.stop_reason = True, reason
+        self.state.stop(reason)
         self.model.stop_training = True
