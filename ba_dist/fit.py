@@ -187,6 +187,9 @@ class FitLoop:
                                          is_writer=self.ctx.topology.is_chief)
         self.state = cb.TrainState(plan.steps_per_epoch, self.lay.unique_batch, self.lay.global_batch)
         self._last_saved = -1
+        self._bn_averaged = -1
+        self.bn_statistics = [v for v in parts.net.non_trainable_variables
+                              if v.name.split("/")[-1].startswith(("moving_mean", "moving_variance"))]
 
     # -- phase 5 -------------------------------------------------------------------
     def restore(self) -> None:
@@ -239,7 +242,24 @@ class FitLoop:
         return cbs
 
     def evaluate(self) -> dict:
+        self.average_bn_statistics()
         return self.task.evaluate(self.state)
+
+    def average_bn_statistics(self) -> None:
+        """Every rank's BN moving statistics (ghost BN's too) become their mean over ranks (collective).
+
+        Each rank's moving averages follow its own batches. Averaged before
+        every evaluation and checkpoint (as timm's ``distribute_bn``), every
+        rank evaluates its shard with the same statistics, and those are the
+        ones the checkpoint holds: ``result.json`` is the saved model's accuracy
+        (what ``ba-eval`` of the checkpoint reports). Once per step: averaging
+        averaged values again could move them by rounding.
+        """
+        if not self.bn_statistics or self._bn_averaged == self.state.global_step:
+            return
+        self._bn_averaged = self.state.global_step
+        for v, mean in zip(self.bn_statistics, dist.allreduce_mean(self.bn_statistics, name="ba_bn_statistics")):
+            v.assign(mean)
 
     def epoch_fields(self, logs: dict) -> dict:
         return self.task.epoch_fields(self.state, logs)
@@ -254,6 +274,7 @@ class FitLoop:
         if state.global_step == self._last_saved:
             return
         self._last_saved = state.global_step
+        self.average_bn_statistics()
         if self.ctx.topology.is_chief:
             meta = dict(state.position(), seed=self.cfg.seed, layout=self.lay.__dict__,
                         metrics=cb.numeric_logs(logs))
@@ -271,6 +292,7 @@ class FitLoop:
             self.task.say(f"stopped early ({state.stop_reason}) at epoch {state.epoch} step "
                           f"{state.step_in_epoch}; checkpoint written, exit {REQUEUE_EXIT_CODE} = requeue me")
             return REQUEUE_EXIT_CODE
+        self.average_bn_statistics()
         result, last_eval = self.task.final_evaluation(state)
         self.save(dict(last_eval))
         result.update(epochs=state.epoch, global_step=state.global_step, wall_time_sec=time.time() - t0)

@@ -4,7 +4,8 @@ On CPU with deterministic ops (train.deterministic) the only state that
 matters is model + optimizer + (epoch, step); the data order follows from the
 seed. Two interruptions are checked against one uninterrupted run:
 stop after an epoch (train.stop_after_epoch), and SIGUSR1 sent to ONE rank in
-the middle of an epoch (all ranks must stop at the same step).
+the middle of an epoch (all ranks must stop at the same step). BN moving statistics, averaged
+over the ranks at every checkpoint, match to float rounding after a mid-epoch stop.
 """
 import json
 import os
@@ -32,10 +33,14 @@ def _final_weights(workdir: Path) -> dict:
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "net/" in k or "optimizer/" in k}
 
 
-def _assert_same(a: dict, b: dict):
+def _assert_same(a: dict, b: dict, bn_rtol: float = 0.0):
+    """Bitwise, except BN moving statistics within ``bn_rtol`` (see the SIGUSR1 test)."""
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        if bn_rtol and "moving_" in k:
+            np.testing.assert_allclose(a[k], b[k], rtol=bn_rtol, atol=1e-7, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,10 @@ def test_sigusr1_to_one_rank_mid_epoch_then_resume_matches(straight, tmp_path):
     second = mpirun(2, ARGS + ["--workdir", str(tmp_path)], timeout=600)
     assert second.returncode == 0, second.stdout[-4000:]
     assert f"at epoch {meta['epoch']} step {meta['step_in_epoch']}" in second.stdout
-    _assert_same(_final_weights(straight), _final_weights(tmp_path))
+    # Weights and optimizer bitwise. BN moving statistics are averaged over the ranks at every
+    # checkpoint, here also at the mid-epoch stop, which the straight run did not do: by linearity
+    # of the moving average they agree at the next averaging up to float rounding only.
+    _assert_same(_final_weights(straight), _final_weights(tmp_path), bn_rtol=1e-5)
 
 
 def _env_rank(pid: int) -> str:

@@ -27,6 +27,13 @@ def test_readme_main_job_reaches_95_percent(tmp_path):
     assert "B 64 unique x M 4 = 256 per step" in res.stdout
     assert "done: validation top-1" in res.stdout
     assert (tmp_path / "config.json").is_file() and list((tmp_path / "tensorboard").iterdir())
+    # result.json is the saved model's accuracy: BN statistics were averaged over the ranks before the
+    # final evaluation and checkpoint, so ba-eval of the checkpoint (one process) gives the same numbers
+    ev = run([PYTHON, "-m", "ba_dist.evaluate", "--workdir", str(tmp_path)], timeout=300)
+    assert ev.returncode == 0, ev.stdout[-3000:]
+    single = json.loads((tmp_path / "eval.json").read_text())["single_crop"]
+    assert single["val_loss"] == pytest.approx(result["val_loss"], abs=1e-5)
+    assert single["val_top1"] == result["val_top1"] and single["val_count"] == result["val_count"]
 
 
 def test_help_prints_usage_flags_and_an_example():

@@ -149,11 +149,15 @@ def weights(ckpt: Path) -> dict:
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "net/" in k or "optimizer/" in k}
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
+def assert_same_weights(a: Path, b: Path, bn_rtol: float = 0.0) -> None:
+    """Bitwise, except BN moving statistics within ``bn_rtol`` when it is given."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys() and len(wa) > 10, (a, b)
     for k in wa:
-        np.testing.assert_array_equal(wa[k], wb[k], err_msg=f"{k}: {a} vs {b}")
+        if bn_rtol and "moving_" in k:
+            np.testing.assert_allclose(wa[k], wb[k], rtol=bn_rtol, atol=1e-7, err_msg=f"{k}: {a} vs {b}")
+        else:
+            np.testing.assert_array_equal(wa[k], wb[k], err_msg=f"{k}: {a} vs {b}")
 
 
 def digest(directory: Path) -> dict[str, str]:

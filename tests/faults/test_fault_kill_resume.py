@@ -170,7 +170,9 @@ def test_resume_after_all_faults_matches_uninterrupted_run(resumed, stopped_by_s
     step = _stop_step(stopped_by_sigterm[0].output)
     assert resumed.returncode == 0, resumed.output[-4000:]
     assert f"at epoch 1 step {step}" in resumed.output
-    faultlib.assert_same_weights(straight / "checkpoints" / CKPT2, work / "checkpoints" / CKPT2)
+    # BN moving statistics were averaged over the ranks at the mid-epoch stop (the straight run did
+    # not): linear moving averages, so they agree at the next averaging up to float rounding
+    faultlib.assert_same_weights(straight / "checkpoints" / CKPT2, work / "checkpoints" / CKPT2, bn_rtol=1e-5)
 
 
 # ---- from copies of the workdir after A3 ---------------------------------------------------
