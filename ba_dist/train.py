@@ -26,6 +26,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment config file (get_config()).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
+flags.DEFINE_bool("preflight_only", False, "Run the start-up checks (ba_dist/preflight.py) on every rank and exit: "
+                  "0 if all pass, 2 if any fails.")
 
 log = logging.getLogger("ba_dist")
 # Stop signals that arrived before callbacks.catch_stop_signals_early took over (see run()).
@@ -37,7 +39,7 @@ def _say(topo_rank: int, msg: str) -> None:
         print(f"[ba-train] {msg}", flush=True)
 
 
-def main(cfg, workdir: str) -> int:
+def main(cfg, workdir: str, preflight_only: bool = False) -> int:
     from ba_dist import callbacks as cb
     cb.catch_stop_signals_early()
     cb.EARLY_SIGNALS.extend(_EARLY_SIGNALS)
@@ -46,6 +48,10 @@ def main(cfg, workdir: str) -> int:
     from ba_dist import dist
     rank, world = dist.world_rank_and_size()
     lay = config_lib.layout(cfg, world)
+    from ba_dist import preflight   # versions, GPUs, driver, MPI threads, memory, open files: exit 2 if bad
+    preflight.run(cfg, lay)
+    if preflight_only:
+        return 0
 
     # ---- 2. distribution
     ctx = dist.init_for_layout(lay, deterministic=cfg.train.deterministic, seed=cfg.seed)
@@ -53,7 +59,7 @@ def main(cfg, workdir: str) -> int:
     import tensorflow as tf
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
-    from ba_dist import optim, trainer
+    from ba_dist import audit, optim, trainer
     from ba_dist.checkpoint import CheckpointManager, restore_for_all_ranks
     from ba_dist.data import build as data_build
 
@@ -133,6 +139,7 @@ def main(cfg, workdir: str) -> int:
                 cbs.append(GradStatsLogger(wd, every=cfg.train.grad_stats_every, world_size=topo.world_size))
         cbs += [cb.CheckpointCallback(state, save, cfg.train.checkpoint_every, cfg.train.epochs),
                 cb.StopControl(state, save, cfg.train.max_steps, cfg.train.stop_after_epoch)]
+        cbs += audit.callbacks(topo, state, net)   # BA_AUDIT_DIR only (slurm/rehearse.sh)
         # offset > 0 only for the single interrupted epoch, which has spe - offset steps left
         try:
             model.fit(ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=spe - offset,
@@ -193,12 +200,12 @@ def _schedule_kwargs(cfg) -> dict:
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
+    if not FLAGS.workdir and not FLAGS.preflight_only:
         raise app.UsageError("--workdir is required")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ba_dist.data.sources import DataSourceError
     try:
-        code = main(FLAGS.config, FLAGS.workdir)
+        code = main(FLAGS.config, FLAGS.workdir, preflight_only=FLAGS.preflight_only)
     except config_lib.ConfigError as e:
         print(f"[ba-train] config error: {e}", file=sys.stderr, flush=True)
         code = 2
@@ -216,6 +223,7 @@ def run():
     # system: from here on SIGTERM/SIGUSR1 are recorded and honoured at the first step.
     for s in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(s, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+    sys.argv = ["--preflight_only" if a == "--preflight-only" else a for a in sys.argv]  # absl spells it with _
     try:
         app.run(_main)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
