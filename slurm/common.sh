@@ -318,6 +318,9 @@ ba_main() {
     ba_log "ranks ended with code $rc after the stop signal: continuing from the last checkpoint"
     ba_requeue "$rc"
   fi
+  if (( rc > 128 && rc < 160 )); then   # srun: 128 + the signal that killed a rank
+    ba_log "a rank was killed by signal $((rc - 128)) (9: the OOM killer or a lost node); srun --wait=$SRUN_WAIT then ended the others. The last checkpoint in $WORKDIR is intact: resubmit to continue"
+  fi
   ba_log "ba-train failed (exit code $rc): not requeueing; see the messages above"
   ba_history "failed with exit code $rc"
   exit "$rc"
