@@ -106,6 +106,12 @@ else
   kill -KILL "$pid"
   killed_at=$SECONDS
 fi
+wd="$(sed -n 's/^\[ba-slurm\] workdir: //p' "$out" | head -1)"
+result_at_requeue=none   # result.json must come from the last allocation only
+if [[ -z "$kill_rank" ]]; then
+  until grep -q '^\[ba-slurm\] requeued job' "$out" || ! kill -0 "$job" 2>/dev/null; do sleep 0.5; done
+  if [[ -e "$wd/result.json" ]]; then result_at_requeue=present; else result_at_requeue=absent; fi
+fi
 rc=0
 while kill -0 "$job" 2>/dev/null; do
   (( SECONDS < limit )) || { tail -50 "$out"; die "the job did not end within the time limit"; }
@@ -116,7 +122,6 @@ trap - EXIT
 cat "$out"
 
 # ---- the verdict
-wd="$(sed -n 's/^\[ba-slurm\] workdir: //p' "$out" | head -1)"
 if [[ -n "$kill_rank" ]]; then
   took=$(( SECONDS - killed_at )) wait_s="$(grep -o -- '--wait=[0-9]*' <<< "$launch" | head -1 | cut -d= -f2)"
   wait_s="${BA_SRUN_WAIT:-$wait_s}"
@@ -132,6 +137,6 @@ fi
 (( rc == 0 )) || { echo "[rehearse] FAILED: job exit code $rc (expected 0 after the requeue)"; exit 1; }
 checked="$("$python" "$here/rehearse.py" check --audit "$dir/audit" --state "$dir/slurm" --workdir "$wd" \
   --output "$out" --ranks "$ranks" --m-ranks "$m_ranks" --spe "$spe" --train "$n_train" \
-  --validation "$n_val" --epochs "$epochs")" || { echo "$checked"; exit 1; }
+  --validation "$n_val" --epochs "$epochs" --result-at-requeue "$result_at_requeue")" || { echo "$checked"; exit 1; }
 echo "$checked" | grep -v '^\[rehearse\] checked:'
 say "passed: $(basename "$template") (M $M = $m_ranks x $m_local, ghost $ghost): $(sed -n 's/^\[rehearse\] checked: //p' <<< "$checked"); $((SECONDS - t0))s"

@@ -415,6 +415,7 @@ def test_srun_stand_in_models_a_dead_rank_with_and_without_wait(wait, tmp_path):
 
 # ---------------------------------------------------------------------------- dress rehearsals
 
+@pytest.mark.timeout(1600)   # 4-9 min each on the shared 2-core machine (8-10 TF ranks, two allocations)
 @pytest.mark.parametrize("template", sorted(EXPECTED))
 def test_rehearsal_of_every_template(template, tmp_path):
     """slurm/rehearse.sh: the template's launch path on 8 ranks (10 for M_RANKS = 10) and real-photo
@@ -431,6 +432,7 @@ def test_rehearsal_of_every_template(template, tmp_path):
     print(f"{template}: rehearsal {time.monotonic() - t0:.0f}s")
 
 
+@pytest.mark.timeout(1000)
 def test_rehearsal_of_a_rank_killed_mid_training(tmp_path):
     """A rank SIGKILLed after the first checkpoint: srun --wait ends the job, exit 137, no requeue."""
     env = {k: v for k, v in rank_env().items() if not k.startswith(("SLURM_", "SBATCH_", "BA_"))}
