@@ -25,7 +25,7 @@ from launcher import PYTHON, REPO, rank_env, run
 
 SLURM = REPO / "slurm"
 STAND_INS = REPO / "tests" / "stand_ins"
-TEMPLATES = sorted(p.name for p in SLURM.glob("*.sh") if p.name not in ("common.sh", "submit.sh"))
+TEMPLATES = sorted(p.name for p in SLURM.glob("*.sh") if p.name not in ("common.sh", "submit.sh", "rehearse.sh"))
 SITE_HEADER = ["#SBATCH --constraint=gpu", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=12"]
 
 # template -> nodes, per-rank batch, B, M, m_ranks, m_local, groups, b (unique per rank), ghost, settings
