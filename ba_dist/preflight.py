@@ -6,7 +6,12 @@ grants no thread support, or the open-file limit is below the number of shards, 
 hours of allocation; these checks take about a second. Rank 0 prints what it found; every
 rank checks its own node; the verdicts are combined over all ranks (one small MPI
 allreduce), so either every rank goes on or every rank exits 2 with the failures and their
-fixes. ``ba-train --preflight-only`` runs just this (the sbatch templates start with it).
+fixes. ba-train runs it first thing (so every sbatch template does, on every node);
+``ba-train --preflight-only`` runs just this.
+
+It runs before ``dist.init`` on purpose (a Horovod or MPI that cannot work is among the things
+it checks, and no rank should be left waiting in Horovod's start-up for one that failed), so
+it queries MPI_COMM_WORLD through mpi4py itself, as ``dist.world_rank_and_size`` does.
 
 Checks:
   * Python, TensorFlow, Horovod versions; Horovod built with TensorFlow (``[X] TensorFlow``
