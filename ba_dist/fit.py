@@ -116,6 +116,9 @@ class Task:
         """Validate the config and return its :class:`ba_dist.config.Layout` for ``world_size``."""
         raise NotImplementedError
 
+    def preflight(self) -> None:
+        """Start-up checks of the machine for this layout, before any collective (exit 2 if one fails)."""
+
     def describe(self) -> str:
         """The batch arithmetic line printed first."""
         return self.lay.describe()
@@ -228,6 +231,7 @@ class FitLoop:
 
     def callbacks(self) -> list:
         """In the order they must run at the end of an epoch (see ba_dist.fit_callbacks)."""
+        from ba_dist import audit
         from ba_dist import fit_callbacks as cb
         state, task, train = self.state, self.task, self.cfg.train
         cbs = [cb.StateTracker(state), cb.metric_average(), *task.callbacks(self.parts),
@@ -239,6 +243,7 @@ class FitLoop:
             cbs += task.chief_callbacks()
         cbs += [cb.CheckpointCallback(state, self.save, train.checkpoint_every, self.plan.epochs),
                 cb.StopControl(state, self.save, self.plan.max_steps, train.stop_after_epoch)]
+        cbs += audit.callbacks(self.ctx.topology, state, self.parts.net)   # BA_AUDIT_DIR only (slurm/rehearse.sh)
         return cbs
 
     def evaluate(self) -> dict:
@@ -307,6 +312,7 @@ def run(task: Task, workdir: str) -> int:
     catch_stop_signals_early()   # no-op for the CLIs, which did it at process start
     # ---- 1. config and layout: pure checks, identical verdict on every rank
     task.lay = task.check(dist.world_rank_and_size()[1])
+    task.preflight()
 
     # ---- 2. distribution
     task.ctx = dist.init_for_layout(task.lay, deterministic=task.cfg.train.deterministic, seed=task.cfg.seed)

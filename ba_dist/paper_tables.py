@@ -276,14 +276,16 @@ def imagenet_config(augment: str) -> ml_collections.ConfigDict:
 
     90 epochs, LR 0.1 at ``B = 256`` dropped x0.1 at epochs 30, 60 and 80,
     weight decay 1e-4 on everything but batch-norm parameters, no warmup.
-    Shards are ``data_dir/train-*-of-*`` and ``data_dir/validation-*-of-*``
-    (``python -m ba_dist.data.make_tfrecords``, labels 0..999; shards of the
-    TF-models scripts hold 1..1000: add ``--config.input.source_kwargs.label_offset=-1``).
+    Shards are ``data_dir/train-*-of-*`` and ``data_dir/validation-*-of-*`` in the
+    standard format of the TF-models / TPU ImageNet converters, ``image/class/label``
+    in 1..1000 (0 was their background class): read as 0..999 with ``label_offset=-1``,
+    so such shards need no extra flag. Shards holding 0..999 (``ba-make-tfrecords``
+    with its default ``--label-offset 0``) need ``--config.input.source_kwargs.label_offset=0``.
     """
     c = base_config()
     c.input.dataset = "tfrecord"
     c.input.source_kwargs.data_dir = "data/imagenet-tfrecords"
-    c.input.source_kwargs.label_offset = 0
+    c.input.source_kwargs.label_offset = -1   # stored 1..1000 -> classes 0..999
     c.input.train_split = "train"
     c.input.eval_split = "validation"
     c.input.normalize = "imagenet"

@@ -29,6 +29,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/digits_smoke.py", "Experiment config file (get_config()); "
                                 "override any key with --config.<key>=<value>.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events (required).")
+flags.DEFINE_bool("preflight_only", False, "Run the start-up checks (ba_dist/preflight.py) on every rank and exit: "
+                  "0 if all pass, 2 if any fails (also spelt --preflight-only).")
 
 log = logging.getLogger("ba_dist")
 
@@ -48,6 +50,10 @@ class ImageTask(fit.Task):
     def check(self, world_size: int):
         config_lib.validate(self.cfg)
         return config_lib.layout(self.cfg, world_size)
+
+    def preflight(self) -> None:
+        from ba_dist import preflight   # versions, GPUs, driver, MPI threads, memory, open files: exit 2 if bad
+        preflight.run(self.cfg, self.lay)
 
     def prepare(self) -> fit.Plan:
         cfg = self.cfg
@@ -124,9 +130,17 @@ class ImageTask(fit.Task):
                 f"({result['wall_time_sec']:.0f}s)")
 
 
-def main(cfg, workdir: str) -> int:
-    """Train ``cfg`` into ``workdir`` on every rank: 0 done, 75 stopped early (requeue)."""
-    return fit.run(ImageTask(cfg), workdir)
+def main(cfg, workdir: str, preflight_only: bool = False) -> int:
+    """Train ``cfg`` into ``workdir`` on every rank: 0 done, 75 stopped early (requeue).
+
+    ``preflight_only``: run only the start-up checks (exit 2 from inside if one fails).
+    """
+    task = ImageTask(cfg)
+    if preflight_only:
+        task.lay = task.check(dist.world_rank_and_size()[1])
+        task.preflight()
+        return 0
+    return fit.run(task, workdir)
 
 
 def build_net(cfg, num_classes: int, in_shape: tuple):
@@ -151,12 +165,12 @@ def _schedule_kwargs(cfg) -> dict:
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
+    if not FLAGS.workdir and not FLAGS.preflight_only:
         raise app.UsageError("--workdir is required")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ba_dist.data.sources import DataSourceError
     try:
-        code = main(FLAGS.config, FLAGS.workdir)
+        code = main(FLAGS.config, FLAGS.workdir, preflight_only=FLAGS.preflight_only)
     except config_lib.ConfigError as e:
         print(f"[ba-train] config error: {e}", file=sys.stderr, flush=True)
         code = 2
@@ -170,7 +184,8 @@ def _main(argv):
 
 def run():
     """Console-script entry point ``ba-train``."""
-    fit.console("ba-train", _main, usage=__doc__, flag_names=["config", "workdir"])
+    sys.argv = ["--preflight_only" if a == "--preflight-only" else a for a in sys.argv]  # absl spells it with _
+    fit.console("ba-train", _main, usage=__doc__, flag_names=["config", "workdir", "preflight_only"])
 
 
 if __name__ == "__main__":

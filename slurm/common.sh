@@ -62,17 +62,26 @@ ba_site_env() {
   export HOROVOD_CYCLE_TIME="${HOROVOD_CYCLE_TIME:-5}"
   export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
   export PYTHONUNBUFFERED=1   # log lines reach the job's output file as they happen
+  # ba-train's preflight (ba_dist/preflight.py) then checks one visible GPU per rank and
+  # the NVIDIA driver on every node before any data is read.
+  export BA_EXPECT_GPUS="${BA_EXPECT_GPUS:-1}"
 }
 SITE_ENV_SHOWN=(OMP_NUM_THREADS TF_NUM_INTRAOP_THREADS TF_NUM_INTEROP_THREADS MPICH_MAX_THREAD_SAFETY
-                HOROVOD_FUSION_THRESHOLD HOROVOD_CYCLE_TIME)
+                HOROVOD_FUSION_THRESHOLD HOROVOD_CYCLE_TIME BA_EXPECT_GPUS)
 
 ba_site_launcher() {
   # Sets LAUNCH_PREFIX: the command that starts one rank per GPU of the job.
-  # srun forwards signals it receives to every rank. --kill-on-bad-exit=0 (also
-  # overriding a site's KillOnBadExit=1): on a stop, ranks 1..N-1 exit 75 while
-  # rank 0 may still be writing the checkpoint; they must not take it down.
+  # srun forwards signals it receives to every rank.
+  # --kill-on-bad-exit=0 (also overriding a site's KillOnBadExit=1): at a stop every
+  #   rank exits 75 after a barrier that follows rank 0's checkpoint, but srun would
+  #   report a rank 0 it killed as 128+9, not 75, and the job would not be requeued.
+  # --wait=SRUN_WAIT: a rank that dies without MPI noticing (SIGKILL by the OOM killer,
+  #   a lost node) leaves the others in the next allreduce; slurm.conf's WaitTime
+  #   defaults to 0 = wait until the time limit. SRUN_WAIT seconds after the first rank
+  #   ended srun kills the rest: a clean end or stop has every rank out within seconds
+  #   of the first, so it is never cut short (docs/slurm.md, "A rank dies").
   LAUNCH_PREFIX=(srun --nodes="$NODES" --ntasks="$RANKS" --ntasks-per-node="$SITE_RANKS_PER_NODE"
-                 --cpus-per-task="$CPUS_PER_TASK" --cpu-bind=none --kill-on-bad-exit=0)
+                 --cpus-per-task="$CPUS_PER_TASK" --cpu-bind=none --kill-on-bad-exit=0 --wait="$SRUN_WAIT")
 }
 # ============================================================================
 # END OF SITE BLOCK
@@ -101,6 +110,8 @@ ba_layout() {
   ba_knob M_RANKS BA_M_RANKS 1
   ba_knob GHOST BA_GHOST 0
   ba_knob SITE_RANKS_PER_NODE BA_RANKS_PER_NODE 1
+  SRUN_WAIT="${SRUN_WAIT:-120}"
+  ba_knob SRUN_WAIT BA_SRUN_WAIT 1
   RANKS=$((NODES * SITE_RANKS_PER_NODE))
   (( M % M_RANKS == 0 )) ||
     ba_die "M=$M copies cannot be shared by groups of M_RANKS=$M_RANKS ranks: each rank makes M / M_RANKS copies, so M must be a multiple of $M_RANKS (BA_M, BA_M_RANKS)"
@@ -306,6 +317,9 @@ ba_main() {
     # no new checkpoint, but the last one in the workdir is intact.
     ba_log "ranks ended with code $rc after the stop signal: continuing from the last checkpoint"
     ba_requeue "$rc"
+  fi
+  if (( rc > 128 && rc < 160 )); then   # srun: 128 + the signal that killed a rank
+    ba_log "a rank was killed by signal $((rc - 128)) (9: the OOM killer or a lost node); srun --wait=$SRUN_WAIT then ended the others. The last checkpoint in $WORKDIR is intact: resubmit to continue"
   fi
   ba_log "ba-train failed (exit code $rc): not requeueing; see the messages above"
   ba_history "failed with exit code $rc"

@@ -36,6 +36,9 @@ LAUNCHES_MPIRUN = (
     # the stand-in srun of tests/stand_ins starts mpirun
     "test_slurm.py::test_512_node_template_stops_on_usr1_checkpoints_requeues_and_resumes",
     "test_slurm.py::test_cifar_template_through_submit",
+    "test_slurm.py::test_srun_stand_in_models_a_dead_rank_with_and_without_wait",
+    "test_slurm.py::test_rehearsal_of_every_template",     # slurm/rehearse.sh: 8-10 ranks, 5-10 min each
+    "test_slurm.py::test_rehearsal_of_a_rank_killed_mid_training",
 )
 # Single-process tests that take tens of seconds or more: "file::test" or "fixture:name".
 SLOW = (

@@ -25,7 +25,7 @@ from launcher import PYTHON, REPO, rank_env, run
 
 SLURM = REPO / "slurm"
 STAND_INS = REPO / "tests" / "stand_ins"
-TEMPLATES = sorted(p.name for p in SLURM.glob("*.sh") if p.name not in ("common.sh", "submit.sh"))
+TEMPLATES = sorted(p.name for p in SLURM.glob("*.sh") if p.name not in ("common.sh", "submit.sh", "rehearse.sh"))
 SITE_HEADER = ["#SBATCH --constraint=gpu", "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=12"]
 
 # template -> nodes, per-rank batch, B, M, m_ranks, m_local, groups, b (unique per rank), ghost, settings
@@ -55,7 +55,7 @@ def slurm_env(tmp_path: Path, **extra: str) -> dict:
         (tmp_path / d).mkdir(exist_ok=True)
     env.update(PATH=f"{STAND_INS}{os.pathsep}{env['PATH']}", STANDIN_STATE_DIR=str(tmp_path / "slurm"),
                BA_WORK_DIR=str(tmp_path / "work"), BA_DATA_DIR=str(tmp_path / "data"),
-               BA_CONFIG="configs/digits_smoke.py")
+               BA_CONFIG="configs/digits_smoke.py", BA_EXPECT_GPUS="0")   # the site block asks for GPUs
     env.update(extra)
     return env
 
@@ -164,7 +164,8 @@ def test_dry_run_prints_the_layout_and_the_launch(template, tmp_path):
     assert (f"values: nodes={nodes} ranks={nodes} per_rank={per_rank} B={B} M={M} m_ranks={m_ranks} "
             f"m_local={m_local} groups={groups} b={b} ghost={ghost}") in out
     launch = launch_line(out)
-    assert launch.startswith(f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task=12 ")
+    assert launch.startswith(f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --cpus-per-task=12 "
+                             f"--cpu-bind=none --kill-on-bad-exit=0 --wait=120 ")
     assert f"--config.input.batch_size={B} --config.ba.multiplicity={M} --config.ba.m_ranks={m_ranks}" in launch
     assert ("--config.model.bn=ghost --config.model.ghost_batch_size=32" in launch) == bool(ghost)
     assert f"--config.input.source_kwargs.data_dir={tmp_path / 'data'}" in launch
@@ -374,3 +375,69 @@ def test_horovodrun_launcher_runs_ranks_and_passes_usr1(tmp_path):
     for rank in (0, 1):
         assert f"rank {rank} of 2: SIGUSR1, interop threads 2" in job.output, job.output[-4000:]
     assert rc == 75, job.output[-4000:]
+
+
+# ---------------------------------------------------------------------------- a dead rank (srun --wait)
+
+DEAD_RANK_PY = """
+import os, signal, time
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+comm.Barrier()
+print(f"up {comm.rank}", flush=True)
+if comm.rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)   # an OOM kill: no MPI_Abort, no exception
+comm.Barrier()                             # the others wait here for the dead rank
+"""
+
+
+@pytest.mark.parametrize("wait", [None, 5])
+def test_srun_stand_in_models_a_dead_rank_with_and_without_wait(wait, tmp_path):
+    """Real srun leaves ranks whose peer died in a collective until the time limit (WaitTime=0);
+    --wait=S kills them S seconds after the first task ended. The stand-in does the same."""
+    script, job = tmp_path / "dead.py", tmp_path / "job.sh"
+    script.write_text(DEAD_RANK_PY)
+    opt = f"--wait={wait}" if wait else ""
+    job.write_text(f"#!/bin/bash\nsrun --ntasks=3 --kill-on-bad-exit=0 {opt} {PYTHON} {script}\necho srun-rc=$?\n")
+    env = slurm_env(tmp_path)
+    t0 = time.monotonic()
+    with Job(["sbatch", "--nodes=3", str(job)], env) as j:
+        j.wait_for(r"up 0", 120)
+        if wait is None:
+            time.sleep(20)
+            assert j.proc.poll() is None, j.output   # still hanging: the failure mode --wait fixes
+            return
+        j.wait(60 + wait)
+    assert "srun-rc=137" in j.output, j.output             # 128 + SIGKILL, as srun reports it
+    assert f"(--wait={wait}): killing the 2 task(s) still running" in j.output
+    assert time.monotonic() - t0 < 60 + wait
+
+
+# ---------------------------------------------------------------------------- dress rehearsals
+
+@pytest.mark.timeout(1600)   # 4-9 min each on the shared 2-core machine (8-10 TF ranks, two allocations)
+@pytest.mark.parametrize("template", sorted(EXPECTED))
+def test_rehearsal_of_every_template(template, tmp_path):
+    """slurm/rehearse.sh: the template's launch path on 8 ranks (10 for M_RANKS = 10) and real-photo
+    ImageNet shards, through SIGUSR1 -> checkpoint -> 75 -> requeue -> resume; its checks must hold."""
+    env = {k: v for k, v in rank_env().items() if not k.startswith(("SLURM_", "SBATCH_", "BA_"))}
+    env["BA_REHEARSE_DIR"] = str(tmp_path)
+    t0 = time.monotonic()
+    res = run(["bash", str(SLURM / "rehearse.sh"), str(SLURM / template)], timeout=1500, env=env)
+    last = res.stdout.strip().splitlines()[-1]
+    assert res.returncode == 0 and last.startswith("[rehearse] passed: "), res.stdout[-8000:]
+    for what in ("group membership", "coverage", "identical trainable weights", "result.json written once",
+                 "exit codes"):
+        assert f"[rehearse] ok: {what}" in res.stdout
+    print(f"{template}: rehearsal {time.monotonic() - t0:.0f}s")
+
+
+@pytest.mark.timeout(1000)
+def test_rehearsal_of_a_rank_killed_mid_training(tmp_path):
+    """A rank SIGKILLed after the first checkpoint: srun --wait ends the job, exit 137, no requeue."""
+    env = {k: v for k, v in rank_env().items() if not k.startswith(("SLURM_", "SBATCH_", "BA_"))}
+    env.update(BA_REHEARSE_DIR=str(tmp_path), BA_SRUN_WAIT="20", BA_REHEARSE_RANKS="4")
+    res = run(["bash", str(SLURM / "rehearse.sh"), "--kill-rank", "1", str(SLURM / R512)], timeout=900, env=env)
+    last = res.stdout.strip().splitlines()[-1]
+    assert res.returncode == 0 and last.startswith("[rehearse] passed: "), res.stdout[-8000:]
+    assert "killed the other ranks" in last and "not requeued" in last

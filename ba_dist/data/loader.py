@@ -24,6 +24,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
+from ba_dist import audit
 from ba_dist.data import broadcast
 from ba_dist.data.sampler import GroupSampler
 from ba_dist.data.sources import CorruptSampleError, Source
@@ -255,6 +256,7 @@ class GroupLoader:
                 return
             if isinstance(item, BaseException):
                 raise item
+            audit.record_step(self.topo, item[0], item[1], item[2])  # BA_AUDIT_DIR only (rehearsals)
             yield item
 
     def stop(self, timeout: float = 60.0) -> bool:
