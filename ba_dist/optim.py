@@ -12,7 +12,7 @@ once through :func:`epochs_to_steps`.
 
 Nothing here imports Horovod: the optimizer of :func:`make_optimizer` is not
 wrapped in ``hvd.DistributedOptimizer``; ``BATrainModel.train_step``
-(ba_dist/trainer.py) averages the gradients over the ranks itself (one
+(ba_dist/train_step.py) averages the gradients over the ranks itself (one
 grouped allreduce) and then calls ``optimizer.apply_gradients``, so that it
 also sees each rank's local gradient for the gradient statistics.
 """
