@@ -41,6 +41,7 @@ setup(
         "console_scripts": [
             "ba-train=ba_dist.train:run",
             "ba-make-tfrecords=ba_dist.data.make_tfrecords:main",
+            "ba-tfrecord-index=ba_dist.data.tfrecord_index:main",
             "ba-analyze=ba_dist.analysis.cli:run",
             "ba-bench=ba_dist.analysis.cli:bench",
             "ba-plot=ba_dist.plot:run",

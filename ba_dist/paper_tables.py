@@ -283,7 +283,8 @@ def imagenet_config(augment: str) -> ml_collections.ConfigDict:
     with its default ``--label-offset 0``) need ``--config.input.source_kwargs.label_offset=0``.
     """
     c = base_config()
-    c.input.dataset = "tfrecord"
+    c.input.dataset = "tfrecord"       # tfds: tfds' imagenet2012 in data_dir (docs/usage.md)
+    c.input.source_kwargs.name = "imagenet2012"   # the tfds name; a log label for TFRecord shards
     c.input.source_kwargs.data_dir = "data/imagenet-tfrecords"
     c.input.source_kwargs.label_offset = -1   # stored 1..1000 -> classes 0..999
     c.input.train_split = "train"

@@ -199,7 +199,8 @@ def test_crc32c_matches_reference_and_tf_writer(tmp_path):
 def test_write_shards_layout_and_features(shards):
     out, summary = shards
     names = [f"train-{k:05d}-of-00003" for k in range(3)]
-    assert sorted(os.listdir(out)) == names
+    assert sorted(os.listdir(out)) == ["index"] + names
+    assert sorted(os.listdir(f"{out}/index")) == [f"{n}.idx" for n in names]  # start-up reads these, no scan
     assert summary.written == 16 and summary.skipped == [] and summary.per_shard == [6, 5, 5]
     feature = parse(TFRecordSource(out, label_offset=-1).read(0))
     for key in ["image/encoded", "image/class/label", "image/format", "image/height", "image/width",
@@ -249,8 +250,9 @@ def test_tfrecord_label_offset_and_out_of_range(shards):
 
 
 def _copy_shards(out, tmp_path):
+    """A copy of the shards without their index files: damage is then found by scanning."""
     dst = str(tmp_path / "copy")
-    shutil.copytree(out, dst)
+    shutil.copytree(out, dst, ignore=shutil.ignore_patterns("index"))
     return dst, f"{dst}/train-00001-of-00003"
 
 

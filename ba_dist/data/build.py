@@ -23,7 +23,7 @@ from ba_dist.data.batching import make_train_dataset, output_shape
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import GroupLoader, PipelineSpec
 from ba_dist.data.sampler import GroupSampler
-from ba_dist.data.sources import CorruptSampleError, DataSourceError, Source, get_source
+from ba_dist.data.sources import CorruptSampleError, DataSourceError, RemoteSource, Source, get_source
 
 __all__ = ["TrainerData", "build", "make_spec", "first_loadable", "input_shape"]
 
@@ -116,6 +116,39 @@ class TrainerData:
                 f"broadcast '{self.spec.broadcast}', input {self.input_shape}")
 
 
+def _open(cfg, split: str) -> Source:
+    src = get_source(cfg.input.dataset, split=split, **cfg.input.source_kwargs)
+    src.check()  # e.g. the label base: seconds now instead of a crash at the first evaluation
+    return src
+
+
+def _train_source(cfg, topo, group_comm) -> tuple[Source, np.ndarray]:
+    """The training source and a first loadable sample; only the group's reader opens files when it can.
+
+    With ``broadcast='decoded'`` the other ranks of a group receive every
+    sample from the reader, so they get a :class:`RemoteSource` from it
+    instead: length (for the sampler), classes and a sample (for the model).
+    The reader's verdict on the data (a DataSourceError, e.g. a label-base
+    mismatch) reaches its whole group, so every rank exits 2 alike.
+    """
+    if topo.m_ranks == 1 or cfg.input.broadcast != "decoded":
+        src = _open(cfg, cfg.input.train_split)
+        return src, first_loadable(src)
+    if topo.is_reader:
+        try:
+            src = _open(cfg, cfg.input.train_split)
+            sample = first_loadable(src)
+        except Exception as e:
+            group_comm.bcast((e if isinstance(e, DataSourceError) else RuntimeError(f"reader: {e!r}"), None), root=0)
+            raise
+        group_comm.bcast((RemoteSource.of(src, topo.rank), sample), root=0)
+        return src, sample
+    remote, sample = group_comm.bcast(None, root=0)
+    if isinstance(remote, Exception):
+        raise remote
+    return remote, sample
+
+
 def build(cfg, lay, ctx) -> TrainerData:
     """Sources, sampler and pipeline settings for a ``ba-train`` run.
 
@@ -125,12 +158,14 @@ def build(cfg, lay, ctx) -> TrainerData:
       ctx: the distribution context (topology and the group communicator).
 
     Raises:
-      DataSourceError: a dataset that is missing, empty or unloadable.
+      DataSourceError: a dataset that is missing, empty or unloadable, or that
+      fails its start-up check (:meth:`Source.check`).
     """
-    train_src = get_source(cfg.input.dataset, split=cfg.input.train_split, **cfg.input.source_kwargs)
-    eval_src = get_source(cfg.input.dataset, split=cfg.input.eval_split, **cfg.input.source_kwargs)
-    spec = make_spec(cfg, lay, train_src)
     topo = ctx.topology
+    train_src, sample = _train_source(cfg, topo, ctx.group_comm)
+    eval_src = _open(cfg, cfg.input.eval_split)  # every rank evaluates its own shard of it
+    spec = make_spec(cfg, lay, train_src)
     sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
-    return TrainerData(train_src, eval_src, spec, sampler, sampler.steps_per_epoch, input_shape(spec, train_src),
-                       train_src.num_classes, cfg.input.eval_batch_size, topo, ctx.group_comm)
+    return TrainerData(train_src, eval_src, spec, sampler, sampler.steps_per_epoch,
+                       output_shape(spec.augment, sample), train_src.num_classes, cfg.input.eval_batch_size,
+                       topo, ctx.group_comm)

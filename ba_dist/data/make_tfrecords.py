@@ -17,7 +17,9 @@ skipped, or stop the run with ``--strict``.
 Labels are the sorted class-folder index plus ``--label-offset`` (``1`` gives the
 TF-models 1..1000 convention; read those shards with ``label_offset=-1``).
 Samples are shuffled with a fixed seed and dealt round-robin to the shards.
-Each shard is written to a temporary name and renamed when complete.
+Each shard is written to a temporary name and renamed when complete, then its
+index file (``OUT/index/<shard>.idx``, see :mod:`ba_dist.data.tfrecord`), so
+ranks reading the shards do not scan them at start-up.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ba_dist import cli
 from ba_dist.data.folder import ImageFolderSource
 from ba_dist.data.images import decode_image_bytes, sniff_format, split_names
 from ba_dist.data.sources import CorruptSampleError
+from ba_dist.data.tfrecord import write_index
 
 __all__ = ["ShardSummary", "write_shards", "main"]
 
@@ -96,6 +99,7 @@ def _write_one(args) -> tuple[str, int, list[str], Optional[tuple[str, str]]]:
                     return path, written, skipped, (e.where, e.reason)
                 skipped.append(str(e))
     os.replace(tmp, path)
+    write_index(path)
     return path, written, skipped, None
 
 

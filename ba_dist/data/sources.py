@@ -24,6 +24,7 @@ __all__ = [
     "CorruptSampleError",
     "DataSourceError",
     "Source",
+    "RemoteSource",
     "register_source",
     "get_source",
     "SOURCES",
@@ -79,12 +80,63 @@ class Source(abc.ABC):
     def decode(self, payload: bytes, index: int) -> np.ndarray:
         """Decode a payload to a uint8 ``HxWxC`` array. Raises CorruptSampleError."""
 
+    def check(self) -> None:
+        """Cheap start-up checks (a few reads) that catch a misconfigured source before training.
+
+        Run by :func:`ba_dist.data.build.build` on each split; the default checks nothing.
+
+        Raises:
+          DataSourceError: naming the setting and its fix (e.g. a label base that
+          does not match the records).
+        """
+
     def describe(self, index: int) -> str:
         """Human-readable location of sample ``index`` for error messages."""
         return f"{self.name}[{index}]"
 
     def load(self, index: int) -> np.ndarray:
         return self.decode(self.read(index), index)
+
+
+class RemoteSource(Source):
+    """A training split seen from a rank that never reads it: a non-reader of a group with broadcast='decoded'.
+
+    The group's reader opens the real source and broadcasts the decoded samples
+    with their labels; the other ranks need only what the sampler and the model
+    are sized with (length, classes, one sample's shape), which the reader sends
+    at start-up. So at 512 ranks with ``m_ranks=4`` only 128 ranks open
+    training shards. Reading from it is a bug, not a data error.
+    """
+
+    def __init__(self, name: str, length: int, num_classes: int, image_shape, default_augment: str,
+                 default_eval: str, reader_rank: int):
+        self.name, self._length, self.num_classes, self.image_shape = name, length, num_classes, image_shape
+        self.default_augment, self.default_eval, self.reader_rank = default_augment, default_eval, reader_rank
+
+    @classmethod
+    def of(cls, source: Source, reader_rank: int) -> "RemoteSource":
+        """What a non-reader needs of ``source`` (picklable, no file handles)."""
+        return cls(source.name, len(source), source.num_classes, source.image_shape, source.default_augment,
+                   source.default_eval, reader_rank)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def describe(self, index: int) -> str:
+        return f"{self.name}[{index}] (read by rank {self.reader_rank})"
+
+    def _not_here(self, index: int):
+        raise RuntimeError(f"{self.describe(index)}: this rank does not read the training split; "
+                           "its group's reader broadcasts the samples")
+
+    def label(self, index: int) -> int:
+        self._not_here(index)
+
+    def read(self, index: int) -> bytes:
+        self._not_here(index)
+
+    def decode(self, payload: bytes, index: int) -> np.ndarray:
+        self._not_here(index)
 
 
 SOURCES: dict[str, Callable[..., Source]] = {}

@@ -5,6 +5,7 @@ ones are read record by record (ArrayRecord, or tfds' own TFRecord shards).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import numpy as np
@@ -19,6 +20,12 @@ __all__ = ["TFDSSource", "MAX_IN_MEMORY_BYTES"]
 _TFDS_DEFAULTS = {"cifar10": ("cifar", "none"), "cifar100": ("cifar", "none"),
                   "imagenet2012": ("imagenet", "imagenet_eval")}
 MAX_IN_MEMORY_BYTES = 4 << 30
+# Keys that the TFRecord configs set (e.g. the ImageNet configs) and that mean
+# nothing to tfds: its labels are 0-based ClassLabels and its shards are its own.
+_TFRECORD_ONLY = ("label_offset", "on_truncated", "verify_crc", "pattern", "image_key", "label_key",
+                  "max_open_files")
+
+log = logging.getLogger(__name__)
 
 
 class _TFDSRecords(Source):
@@ -167,12 +174,31 @@ class TFDSSource(Source):
     def describe(self, index: int) -> str:
         return self.source.describe(index)
 
+    def check(self) -> None:
+        self.source.check()
+
 
 def tfds_factory(split: str = "train", dataset: Optional[str] = None, name: Optional[str] = None,
-                  **kwargs) -> TFDSSource:
+                  num_classes: Optional[int] = None, **kwargs) -> TFDSSource:
+    """``get_source("tfds", ...)``: the same ``source_kwargs`` as a TFRecord config, so one switch moves a config.
+
+    ``--config.input.dataset=tfds --config.input.source_kwargs.name=imagenet2012``
+    turns an ImageNet TFRecord config into one reading tfds' ``imagenet2012``:
+    ``num_classes`` must then match the tfds dataset's, and the TFRecord-only
+    keys (``label_offset`` etc.) are ignored, because tfds labels are 0-based
+    ClassLabels whatever the source files held.
+    """
     # configs say input.source_kwargs.name=cifar10; dataset= is accepted too
     dataset = dataset or name
     if not dataset:
         raise DataSourceError("source 'tfds' needs the tfds dataset name, e.g. "
                               "--config.input.source_kwargs.name=cifar10 or get_source('tfds', name='cifar10')")
-    return TFDSSource(dataset, split=split, **kwargs)
+    ignored = {k: kwargs.pop(k) for k in _TFRECORD_ONLY if k in kwargs}
+    if ignored.get("label_offset"):
+        log.info("tfds %s: labels are 0-based ClassLabels; label_offset=%s applies to TFRecord shards only, "
+                 "ignored", dataset, ignored["label_offset"])
+    src = TFDSSource(dataset, split=split, **kwargs)
+    if num_classes is not None and num_classes != src.num_classes:
+        raise DataSourceError(f"tfds {dataset!r} has {src.num_classes} classes, but "
+                              f"input.source_kwargs.num_classes={num_classes}; drop it or set {src.num_classes}")
+    return src

@@ -2,15 +2,29 @@
 
     get_source("tfrecord", split="validation", data_dir="/data/imagenet-tfr", label_offset=-1)
 
-Random access by sample id: the shards are framed once from their record
-headers, and every read checks the record's CRC32C (``google-crc32c``), so a
+Random access by sample id: each shard is framed once (record offsets and
+lengths), and every read checks the record's CRC32C (``google-crc32c``), so a
 damaged record is a corrupt sample naming shard and record.
+
+The framing comes from an index file per shard when there is one
+(``DIR/index/<shard>.idx``, written by ``ba-make-tfrecords`` and by
+``ba-tfrecord-index DIR`` for existing shards, as DALI's ``tfrecord2idx``): one
+small read per shard instead of one header read per record (~1.28 M on ImageNet
+train, on every reader rank). Without it the shard's record headers are scanned
+as before. An index whose recorded shard size differs from the shard's, or whose
+records do not tile the shard exactly, is an error naming the shard and the
+command that rebuilds it: re-scanning silently would bring back, at 512 ranks,
+the file-system load the index exists to avoid.
 """
 from __future__ import annotations
 
+import collections
+import errno
 import glob
+import importlib.util
 import logging
 import os
+import resource
 import struct
 import threading
 from typing import Optional, Sequence
@@ -22,7 +36,8 @@ import tensorflow as tf
 from ba_dist.data.images import check_dir, decode_image_bytes, split_names
 from ba_dist.data.sources import CorruptSampleError, DataSourceError, Source
 
-__all__ = ["TFRecordSource", "crc32c", "masked_crc32c", "scan_tfrecord"]
+__all__ = ["TFRecordSource", "crc32c", "masked_crc32c", "scan_tfrecord", "index_path", "write_index",
+           "read_index", "INDEX_DIR"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +53,7 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def scan_tfrecord(path: str) -> tuple[np.ndarray, np.ndarray, Optional[str]]:
+def scan_tfrecord(path: str, max_open_files: int = 0) -> tuple[np.ndarray, np.ndarray, Optional[str]]:
     """Frames a TFRecord file from its record headers, without reading payloads.
 
     Each record is ``uint64 length | uint32 masked_crc(length) | data | uint32
@@ -51,7 +66,7 @@ def scan_tfrecord(path: str) -> tuple[np.ndarray, np.ndarray, Optional[str]]:
       damaged tail), else None.
     """
     offsets, lengths, problem = [], [], None
-    with open(path, "rb", buffering=0) as f:
+    with open(_open(path, max_open_files), "rb", buffering=0) as f:
         fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
         while pos < size:
             head = os.pread(fd, 12, pos)
@@ -69,6 +84,120 @@ def scan_tfrecord(path: str) -> tuple[np.ndarray, np.ndarray, Optional[str]]:
             lengths.append(length)
             pos += 16 + length
     return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), problem
+
+
+INDEX_DIR = "index"          # index files live in DIR/index/, where no shard glob can match them
+_INDEX_MAGIC = b"BATFRIDX"   # + uint32 version; then uint64 shard size, uint64 n, int64 offsets[n], int64 lengths[n]
+_INDEX_VERSION = 1
+
+
+def index_path(shard: str) -> str:
+    """The index file of ``shard``: ``<shard dir>/index/<shard name>.idx``."""
+    return os.path.join(os.path.dirname(os.path.abspath(shard)), INDEX_DIR, os.path.basename(shard) + ".idx")
+
+
+def write_index(shard: str) -> tuple[int, Optional[str]]:
+    """Scans ``shard`` and writes its index file (atomically: temporary name, then rename).
+
+    Returns:
+      ``(records, problem)``; a shard with a truncated or damaged tail gets no
+      index (``problem`` says why), so reading it scans and applies ``on_truncated``.
+    """
+    offsets, lengths, problem = scan_tfrecord(shard)
+    if problem:
+        return len(offsets), problem
+    path = index_path(shard)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    head = _INDEX_MAGIC + struct.pack("<IQQ", _INDEX_VERSION, os.path.getsize(shard), len(offsets))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(head + offsets.astype("<i8").tobytes() + lengths.astype("<i8").tobytes())
+    os.replace(tmp, path)
+    return len(offsets), None
+
+
+def read_index(shard: str, shard_size: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(data_offsets, data_lengths)`` of ``shard`` from its index file; None when it has none.
+
+    Raises:
+      DataSourceError: the index is damaged or was written for a shard of another size.
+    """
+    path = index_path(shard)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    fix = f"rebuild it with `ba-tfrecord-index {os.path.dirname(os.path.abspath(shard))}`"
+    head = len(_INDEX_MAGIC) + 20
+    if raw[:len(_INDEX_MAGIC)] != _INDEX_MAGIC or len(raw) < head:
+        raise DataSourceError(f"{path}: not a ba_dist TFRecord index file; delete it or {fix}")
+    version, size, n = struct.unpack("<IQQ", raw[len(_INDEX_MAGIC):head])
+    if version != _INDEX_VERSION or len(raw) != head + 16 * n:
+        raise DataSourceError(f"{path}: damaged index (version {version}, {len(raw)} bytes for {n} records); {fix}")
+    if size != shard_size:
+        raise DataSourceError(f"{path}: stale index: written for a shard of {size} bytes, {shard} now has "
+                              f"{shard_size}; {fix}")
+    offsets = np.frombuffer(raw, "<i8", n, head).astype(np.int64)
+    lengths = np.frombuffer(raw, "<i8", n, head + 8 * n).astype(np.int64)
+    # The records must tile the shard exactly: 12-byte header, data, 4-byte CRC, next.
+    ends = offsets + lengths + 4
+    if (n == 0 and size != 0) or (n and (offsets[0] != 12 or ends[-1] != size or np.any(offsets[1:] != ends[:-1] + 12))):
+        raise DataSourceError(f"{path}: damaged index (its records do not tile the {size}-byte shard); {fix}")
+    return offsets, lengths
+
+
+def _too_many_open_files(shard: str, e: OSError, max_open_files: int) -> DataSourceError:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    what = "this process" if e.errno == errno.EMFILE else "the whole system (ENFILE)"
+    return DataSourceError(
+        f"{shard}: too many open files in {what} (ulimit -n = {soft}; this source keeps up to {max_open_files} "
+        f"shards open): raise the limit (`ulimit -n 4096` in the job script) or lower "
+        f"input.source_kwargs.max_open_files")
+
+
+def _open(shard: str, max_open_files: int) -> int:
+    try:
+        return os.open(shard, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise _too_many_open_files(shard, e, max_open_files) from None
+        raise
+
+
+_SAID: set = set()
+
+
+def _say_once(message: str) -> None:
+    """Logs ``message`` once per process, on world rank 0 only (512 copies help nobody).
+
+    The rank comes from the launcher's environment: a data source does not initialise MPI.
+    """
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
+    if message not in _SAID and rank == 0:
+        _SAID.add(message)
+        log.warning("%s", message)
+
+
+_IMAGENET_WNIDS: Optional[dict] = None
+
+
+def _imagenet_wnids() -> dict:
+    """ImageNet's 1000 synsets (WordNet ids) -> 0-based class, in the sorted order every converter uses.
+
+    Read from the list shipped with tensorflow_datasets (without importing it);
+    empty when it is not installed.
+    """
+    global _IMAGENET_WNIDS
+    if _IMAGENET_WNIDS is None:
+        _IMAGENET_WNIDS = {}
+        spec = importlib.util.find_spec("tensorflow_datasets")
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            path = os.path.join(root, "datasets", "imagenet2012", "labels.txt")
+            if os.path.exists(path):
+                with open(path) as f:
+                    _IMAGENET_WNIDS = {w.strip(): k for k, w in enumerate(f.read().split())}
+    return _IMAGENET_WNIDS
 
 
 def _example_feature(example, key: str, kind: str, where: str):
@@ -100,18 +229,30 @@ class TFRecordSource(Source):
       on_truncated: a shard whose tail is cut or damaged: "error" (default)
         raises DataSourceError naming shard and byte offset; "skip" keeps the
         complete records before it and notes it in ``problems``.
+      name: the dataset's name in logs. The ImageNet configs set ``imagenet2012``,
+        which is also the tfds name when ``input.dataset=tfds`` switches the same
+        config to tensorflow_datasets.
+      max_open_files: shard descriptors kept open at once (least recently used
+        closed first). A reader holds one such cache for the training split and
+        one for the evaluation split, so the default 128 stays far below the
+        usual ``ulimit -n 1024``. Running out of descriptors anyway (EMFILE) is
+        a DataSourceError saying so, never a corrupt sample.
     """
 
     def __init__(self, data_dir: Optional[str] = None, split: str = "train", pattern: Optional[str] = None,
                  num_classes: int = 1000, label_offset: int = 0, on_truncated: str = "error",
                  verify_crc: bool = True, files: Optional[Sequence[str]] = None,
                  image_key: str = "image/encoded", label_key: str = "image/class/label",
-                 default_augment: str = "imagenet", default_eval: str = "imagenet_eval"):
+                 default_augment: str = "imagenet", default_eval: str = "imagenet_eval",
+                 max_open_files: int = 128, name: str = "tfrecord"):
         if on_truncated not in ("error", "skip"):
             raise ValueError(f"on_truncated must be 'error' or 'skip', got {on_truncated!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        self.name, self.num_classes, self.label_offset = "tfrecord", num_classes, label_offset
+        if max_open_files < 1:
+            raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
+        self.max_open_files = max_open_files
+        self.name, self.num_classes, self.label_offset = name, num_classes, label_offset
         self.image_key, self.label_key, self.verify_crc = image_key, label_key, verify_crc
         self.default_augment, self.default_eval = default_augment, default_eval
         self.shards = [os.fspath(f) for f in files] if files is not None else self._find(data_dir, split, pattern)
@@ -119,9 +260,15 @@ class TFRecordSource(Source):
             raise DataSourceError("TFRecordSource: empty list of shard files")
         self.problems: list[str] = []
         shard_ids, offsets, lengths, positions = [], [], [], []
+        self.scanned = 0  # shards framed by scanning their headers (no index file)
         for k, shard in enumerate(self.shards):
             try:
-                off, length, problem = scan_tfrecord(shard)
+                framed = read_index(shard, os.path.getsize(shard))
+                if framed is None:
+                    self.scanned += 1
+                    off, length, problem = scan_tfrecord(shard, max_open_files)
+                else:
+                    (off, length), problem = framed, None
             except OSError as e:
                 raise DataSourceError(f"{shard}: cannot read TFRecord shard: {e.strerror or e}") from None
             if problem:
@@ -141,10 +288,17 @@ class TFRecordSource(Source):
         if len(self._offset) == 0:
             raise DataSourceError(f"no records in the {len(self.shards)} shard(s) {self.shards[0]} ...")
         self._labels = np.full(len(self._offset), -1, np.int64)
-        # Descriptors stay open (no open() per sample on a parallel file system);
-        # os.pread has no shared file position, so threads and forked children can share them.
-        self._fds: dict[int, int] = {}
+        # Descriptors stay open (no open() per sample on a parallel file system),
+        # up to max_open_files, least recently used closed first; os.pread has no
+        # shared file position, so threads and forked children can share them.
+        self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._in_use: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
+        if self.scanned:
+            _say_once(f"{self.scanned} of {len(self.shards)} TFRecord shards in "
+                      f"{os.path.dirname(os.path.abspath(self.shards[0]))} have no index file, so every "
+                      f"rank that opens them scanned their record headers; write the index once with "
+                      f"`ba-tfrecord-index {os.path.dirname(os.path.abspath(self.shards[0]))}`")
 
     @staticmethod
     def _find(data_dir: Optional[str], split: str, pattern: Optional[str]) -> list[str]:
@@ -164,21 +318,37 @@ class TFRecordSource(Source):
     def describe(self, index: int) -> str:
         return f"{self.shards[self._shard[index]]}:{self._position[index]}"
 
-    def _fd(self, shard: int) -> int:
+    def _acquire(self, shard: int) -> int:
+        """An open descriptor of ``shard``, held until :meth:`_release` (never closed while held)."""
         with self._lock:
-            if shard not in self._fds:
-                self._fds[shard] = os.open(self.shards[shard], os.O_RDONLY)
-            return self._fds[shard]
+            fd = self._fds.get(shard)
+            if fd is None:
+                fd = self._fds[shard] = _open(self.shards[shard], self.max_open_files)
+            self._fds.move_to_end(shard)
+            self._in_use[shard] += 1
+            for old in [k for k in self._fds if not self._in_use[k]][:max(0, len(self._fds) - self.max_open_files)]:
+                os.close(self._fds.pop(old))
+            return fd
+
+    def _release(self, shard: int) -> None:
+        with self._lock:
+            self._in_use[shard] -= 1
+
+    @property
+    def open_files(self) -> int:
+        """Shard descriptors open now (at most ``max_open_files`` while no read is in flight)."""
+        return len(self._fds)
 
     def close(self) -> None:
         """Closes cached shard file descriptors (reopened on demand)."""
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
-            self._fds = {}
+            self._fds.clear()
 
     def __getstate__(self):
-        state = dict(self.__dict__, _fds={})  # descriptors do not travel to another process
+        # descriptors do not travel to another process
+        state = dict(self.__dict__, _fds=collections.OrderedDict(), _in_use=collections.Counter())
         del state["_lock"]
         return state
 
@@ -186,11 +356,17 @@ class TFRecordSource(Source):
         self.__dict__.update(state, _lock=threading.Lock())
 
     def _read(self, index: int, verify: bool) -> bytes:
-        where, length = self.describe(index), int(self._length[index])
+        where, length, shard = self.describe(index), int(self._length[index]), int(self._shard[index])
         try:
-            buf = os.pread(self._fd(int(self._shard[index])), length + 4, int(self._offset[index]))
+            fd = self._acquire(shard)
+        except OSError as e:
+            raise CorruptSampleError(where, f"cannot open: {e.strerror or e}") from None
+        try:
+            buf = os.pread(fd, length + 4, int(self._offset[index]))
         except OSError as e:
             raise CorruptSampleError(where, f"cannot read: {e.strerror or e}") from None
+        finally:
+            self._release(shard)
         if len(buf) != length + 4:
             raise CorruptSampleError(where, "shard is shorter than when it was indexed")
         data = buf[:length]
@@ -214,6 +390,59 @@ class TFRecordSource(Source):
                                             f"{self.label_offset}) outside [0, {self.num_classes})")
         self._labels[index] = label
         return example, where
+
+    def check(self, max_shards: int = 8) -> None:
+        """Start-up check of the label base on a few records (first and middle of up to 8 shards).
+
+        The stored ``label_key`` plus ``label_offset`` must lie in ``[0, num_classes)``.
+        When the records carry ImageNet synsets (``image/class/synset``, as the
+        TF-models and TPU converters and ``ba-make-tfrecords`` on an ImageNet
+        folder write them) and ``num_classes`` is 1000, the synset fixes the
+        true class, so a base that is off by one is caught even when no sampled
+        record has class 0 or 1000. Records that do not parse are left to
+        ``on_corrupt`` during training.
+
+        Raises:
+          DataSourceError: the labels do not match ``label_offset``; names the
+          config key and the value that fits.
+        """
+        n = len(self.shards)
+        seen = []  # (where, stored label, synset or None)
+        for k in sorted({int(round(x)) for x in np.linspace(0, n - 1, min(n, max_shards))}):
+            start, end = np.searchsorted(self._shard, [k, k + 1])  # records are in shard order
+            for index in sorted({int(start), int(start + end) // 2} & set(range(start, end))):
+                try:
+                    example = tf.train.Example.FromString(self._read(index, verify=False))
+                    stored = _example_feature(example, self.label_key, "int64_list", "")
+                except Exception:  # corrupt: on_corrupt decides during training
+                    continue
+                synset = example.features.feature.get("image/class/synset")
+                synset = synset.bytes_list.value[0].decode(errors="replace") if synset and synset.bytes_list.value else None
+                seen.append((self.describe(index), stored, synset))
+        if not seen:
+            return
+        off, nc = self.label_offset, self.num_classes
+        wnids = _imagenet_wnids() if nc == 1000 else {}
+        implied = {wnids[syn] - stored for _, stored, syn in seen if syn in wnids}
+        outside = [(where, stored) for where, stored, _ in seen if not 0 <= stored + off < nc]
+        fits = implied.pop() if len(implied) == 1 else None
+        if not outside and fits in (None, off):
+            return
+        lo, hi = min(x[1] for x in seen), max(x[1] for x in seen)
+        if fits is None and lo >= 1 and hi <= nc:
+            fits = -1
+        elif fits is None and lo >= 0 and hi <= nc - 1:
+            fits = 0
+        found = (f"{outside[0][0]}: stored label {outside[0][1]} + label_offset {off} is outside [0, {nc})"
+                 if outside else f"their image/class/synset put ImageNet class = stored label {fits:+d}")
+        base = {-1: "1-based labels (1..N), as the TF-models / TPU ImageNet converters write them",
+                0: "0-based labels (0..N-1), as ba-make-tfrecords writes them by default"}
+        fix = (f"set --config.input.source_kwargs.label_offset={fits} ({base.get(fits, 'labels shifted by that')})"
+               if fits is not None else f"check input.source_kwargs.num_classes={nc} and label_offset={off}")
+        raise DataSourceError(
+            f"label base does not match input.source_kwargs.label_offset={off}: {len(seen)} records sampled "
+            f"from the shards of {os.path.dirname(os.path.abspath(self.shards[0]))} (labels {lo}..{hi}); "
+            f"{found}. Training would drop or mislabel whole classes: {fix}")
 
     def label(self, index: int) -> int:
         if self._labels[index] < 0:
