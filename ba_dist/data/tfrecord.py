@@ -101,12 +101,15 @@ def write_index(shard: str) -> tuple[int, Optional[str]]:
 
     Returns:
       ``(records, problem)``; a shard with a truncated or damaged tail gets no
-      index (``problem`` says why), so reading it scans and applies ``on_truncated``.
+      index (``problem`` says why; an older one is removed), so reading it
+      scans and applies ``on_truncated``.
     """
     offsets, lengths, problem = scan_tfrecord(shard)
-    if problem:
-        return len(offsets), problem
     path = index_path(shard)
+    if problem:
+        if os.path.exists(path):  # an older index of this shard is stale now
+            os.remove(path)
+        return len(offsets), problem
     os.makedirs(os.path.dirname(path), exist_ok=True)
     head = _INDEX_MAGIC + struct.pack("<IQQ", _INDEX_VERSION, os.path.getsize(shard), len(offsets))
     tmp = f"{path}.tmp{os.getpid()}"
@@ -323,11 +326,13 @@ class TFRecordSource(Source):
         with self._lock:
             fd = self._fds.get(shard)
             if fd is None:
+                # close the least recently used idle ones first, so the cache never needs one more
+                idle = [k for k in self._fds if not self._in_use[k]]
+                for old in idle[:max(0, len(self._fds) + 1 - self.max_open_files)]:
+                    os.close(self._fds.pop(old))
                 fd = self._fds[shard] = _open(self.shards[shard], self.max_open_files)
             self._fds.move_to_end(shard)
             self._in_use[shard] += 1
-            for old in [k for k in self._fds if not self._in_use[k]][:max(0, len(self._fds) - self.max_open_files)]:
-                os.close(self._fds.pop(old))
             return fd
 
     def _release(self, shard: int) -> None:
@@ -345,6 +350,10 @@ class TFRecordSource(Source):
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+    def __del__(self):
+        if getattr(self, "_fds", None):
+            self.close()
 
     def __getstate__(self):
         # descriptors do not travel to another process
