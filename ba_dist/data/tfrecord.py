@@ -66,8 +66,9 @@ def scan_tfrecord(path: str, max_open_files: int = 0) -> tuple[np.ndarray, np.nd
       damaged tail), else None.
     """
     offsets, lengths, problem = [], [], None
-    with open(_open(path, max_open_files), "rb", buffering=0) as f:
-        fd, size, pos = f.fileno(), os.fstat(f.fileno()).st_size, 0
+    fd = _open(path, max_open_files)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
         while pos < size:
             head = os.pread(fd, 12, pos)
             if len(head) < 12:
@@ -83,6 +84,8 @@ def scan_tfrecord(path: str, max_open_files: int = 0) -> tuple[np.ndarray, np.nd
             offsets.append(pos + 12)
             lengths.append(length)
             pos += 16 + length
+    finally:
+        os.close(fd)
     return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), problem
 
 
@@ -127,10 +130,13 @@ def read_index(shard: str, shard_size: int) -> Optional[tuple[np.ndarray, np.nda
     """
     path = index_path(shard)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    try:
+        raw = os.pread(fd, os.fstat(fd).st_size, 0)  # one read call per shard
+    finally:
+        os.close(fd)
     fix = f"rebuild it with `ba-tfrecord-index {os.path.dirname(os.path.abspath(shard))}`"
     head = len(_INDEX_MAGIC) + 20
     if raw[:len(_INDEX_MAGIC)] != _INDEX_MAGIC or len(raw) < head:
