@@ -1,6 +1,7 @@
 """Write the index files of existing TFRecord shards, so ranks stop scanning them at start-up.
 
-    ba-tfrecord-index /data/imagenet-tfrecords [--pattern 'train-*-of-*'] [--workers 8]
+    ba-tfrecord-index /data/imagenet-tfrecords --workers 8
+    ba-tfrecord-index ~/tensorflow_datasets/imagenet2012/5.1.0 --pattern '*.tfrecord-*-of-*'
 
 Writes ``DIR/index/<shard>.idx`` for every shard ``DIR/*-*-of-*`` (or
 ``--pattern``): the offset and length of each record and the shard's size, as
@@ -23,7 +24,6 @@ from typing import Optional, Sequence
 from absl import app, flags
 
 from ba_dist import cli
-from ba_dist.data.tfrecord import index_path, write_index
 
 __all__ = ["index_shards", "main"]
 
@@ -37,6 +37,7 @@ def index_shards(data_dir: str, pattern: str = "*-*-of-*", workers: int = 1, log
     Raises:
       ValueError: no shard matches.
     """
+    from ba_dist.data.tfrecord import index_path, write_index  # TensorFlow: not for --help
     shards = sorted(p for p in glob.glob(os.path.join(data_dir, pattern)) if os.path.isfile(p))
     if not shards:
         raise ValueError(f"{data_dir}: no TFRecord shards matching {pattern!r}")
