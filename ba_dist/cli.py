@@ -26,6 +26,17 @@ __all__ = ["HELP_ARGS", "help_text", "parse", "run"]
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort")
 
 
+def define_flags(specs: Sequence[tuple]) -> None:
+    """Defines the ``(name, kind, default, help)`` flags not defined yet (``kind``: string, integer, bool, ...).
+
+    Commands call it when they run, not on import, so importing one command's
+    functions next to another command's flags cannot clash.
+    """
+    for name, kind, default, help_ in specs:
+        if name not in flags.FLAGS:
+            getattr(flags, f"DEFINE_{kind}")(name, default, help_)
+
+
 def help_text(usage: str, flag_names: Sequence[str],
               flag_values: Optional[flags.FlagValues] = None) -> str:
     """``usage`` (what it does + an example) followed by one paragraph per flag."""

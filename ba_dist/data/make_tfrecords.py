@@ -173,12 +173,6 @@ _FLAGS = [
 FLAG_NAMES = [f[0] for f in _FLAGS]
 
 
-def _define_flags() -> None:
-    for name, kind, default, help_ in _FLAGS:
-        if name not in FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_)
-
-
 def _main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}", exitcode=2)
@@ -196,7 +190,7 @@ def _main(argv) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ba-make-tfrecords``; with ``argv`` (flags only) it runs in-process and returns the exit code."""
-    _define_flags()
+    cli.define_flags(_FLAGS)
     if argv is None:
         cli.run(_main, usage=__doc__, flag_names=FLAG_NAMES)
     for name in FLAG_NAMES:  # an in-process call starts from the defaults

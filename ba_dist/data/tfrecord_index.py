@@ -68,12 +68,6 @@ _FLAGS = [
 FLAG_NAMES = [f[0] for f in _FLAGS]
 
 
-def _define_flags() -> None:
-    for name, kind, default, help_ in _FLAGS:
-        if name not in FLAGS:
-            getattr(flags, f"DEFINE_{kind}")(name, default, help_)
-
-
 def _main(argv) -> int:
     if len(argv) != 2:
         raise app.UsageError("give exactly one DIR holding the shards", exitcode=2)
@@ -87,7 +81,7 @@ def _main(argv) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``ba-tfrecord-index``; with ``argv`` (``[DIR, flags...]``) it runs in-process and returns the exit code."""
-    _define_flags()
+    cli.define_flags(_FLAGS)
     if argv is None:
         cli.run(_main, usage=__doc__, flag_names=FLAG_NAMES)
     for name in FLAG_NAMES:
