@@ -86,6 +86,10 @@ def test_label_base_without_synsets_is_caught_by_range(tmp_path):
                                               r"label_offset=-1"):
         TFRecordSource(root, num_classes=4).check()
     TFRecordSource(root, num_classes=4, label_offset=-1).check()
+    # one damaged record among good ones (stored 9 of 4 classes, no base explains it) is a corrupt
+    # sample for on_corrupt, not a start-up error
+    root = write_tf_models_shards(str(tmp_path / "one_bad"), "train", [0, 8, 1, 2, 0, 1], 2, synset=False)
+    TFRecordSource(root, num_classes=4, label_offset=-1).check()
 
 
 def _wnid_folder(root):

@@ -409,7 +409,10 @@ class TFRecordSource(Source):
     def check(self, max_shards: int = 8) -> None:
         """Start-up check of the label base on a few records (first and middle of up to 8 shards).
 
-        The stored ``label_key`` plus ``label_offset`` must lie in ``[0, num_classes)``.
+        The stored ``label_key`` plus ``label_offset`` must lie in ``[0, num_classes)``:
+        a sampled label outside it is an error when another base (0 or -1) fits
+        every sampled label, or when none fits (all outside); an isolated one
+        among good labels is a damaged record, left to ``on_corrupt``.
         When the records carry ImageNet synsets (``image/class/synset``, as the
         TF-models and TPU converters and ``ba-make-tfrecords`` on an ImageNet
         folder write them) and ``num_classes`` is 1000, the synset fixes the
@@ -448,6 +451,11 @@ class TFRecordSource(Source):
             fits = -1
         elif fits is None and lo >= 0 and hi <= nc - 1:
             fits = 0
+        if fits in (None, off) and len(outside) < len(seen):
+            # No base explains them and other labels fit: damaged records, for on_corrupt to handle.
+            log.warning("%d of %d sampled records have labels outside [0, %d) with label_offset=%d, e.g. %s "
+                        "(stored %d): treated as corrupt samples", len(outside), len(seen), nc, off, *outside[0])
+            return
         found = (f"{outside[0][0]}: stored label {outside[0][1]} + label_offset {off} is outside [0, {nc})"
                  if outside else f"their image/class/synset put ImageNet class = stored label {fits:+d}")
         base = {-1: "1-based labels (1..N), as the TF-models / TPU ImageNet converters write them",

@@ -139,7 +139,7 @@ def damaged_data(ctx, tmp_path_factory):
         (root / "folder/train/class0/img3.jpg").write_bytes(good[: len(good) // 2])
         (root / "folder/train/class1/img5.jpg").write_text("not an image at all")
         # one flipped byte in the middle of the 3rd record of the first shard
-        shard = sorted((root / "shards").iterdir())[0]
+        shard = sorted((root / "shards").glob("train-*"))[0]  # not the index/ folder
         offsets, lengths, _ = tfrecord.scan_tfrecord(str(shard))
         raw = bytearray(shard.read_bytes())
         raw[int(offsets[2] + lengths[2] // 2)] ^= 0xFF
