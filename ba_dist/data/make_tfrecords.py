@@ -1,7 +1,7 @@
 """Write an image folder as ImageNet-style TFRecord shards.
 
     ba-make-tfrecords --src /data/imagenet --out /data/imagenet-tfr \\
-        --split train --num-shards 1024 [--label-offset 0] [--workers 8] [--strict]
+        --split train --num-shards 1024 [--label-offset 1] [--workers 8] [--strict]
 
 ``--src`` holds ``<split>/<class>/*.jpg`` (or the class folders directly).
 Writes ``OUT/<split>-00000-of-01024`` ... with the features of the TF-models
@@ -14,8 +14,11 @@ as in that script, but without chroma subsampling), so their pixels change
 slightly. Every image is decoded once to check it: bad files are reported and
 skipped, or stop the run with ``--strict``.
 
-Labels are the sorted class-folder index plus ``--label-offset`` (``1`` gives the
-TF-models 1..1000 convention; read those shards with ``label_offset=-1``).
+Labels are the sorted class-folder index plus ``--label-offset``. The default ``1``
+writes the TF-models/TPU converters' 1..1000 convention, which the ImageNet configs
+read by default (``input.source_kwargs.label_offset=-1``); ``--label-offset 0`` writes
+0-based labels (read them with ``label_offset=0``). The start-up label check of
+``ba-train`` names a mismatch either way.
 Samples are shuffled with a fixed seed and dealt round-robin to the shards.
 Each shard is written to a temporary name and renamed when complete, then its
 index file (``OUT/index/<shard>.idx``, see :mod:`ba_dist.data.tfrecord`), so
@@ -165,7 +168,8 @@ _FLAGS = [
     ("out", "string", None, "output directory for the shards (required)"),
     ("split", "string", "train", "split name, also the shard prefix"),
     ("num-shards", "integer", 1, "number of shards"),
-    ("label-offset", "integer", 0, "added to the class index (1 = TF models)"),
+    ("label-offset", "integer", 1, "added to the class index (1: TF-models/TPU 1-based labels, "
+                                   "as the ImageNet configs read them; 0: 0-based)"),
     ("seed", "integer", 0, "seed of the shuffle before sharding"),
     ("workers", "integer", 1, "parallel shard writers"),
     ("strict", "bool", False, "stop at the first bad image"),
