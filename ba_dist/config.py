@@ -93,6 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.resume = True
     c.train.resume_fallback = True       # newest checkpoint unloadable: resume from the previous one (False: stop)
     c.train.grad_stats_every = 10        # rank 0 logs step gradient norm/variance to grad_norm.jsonl (0: off)
+    c.train.precise_bn_batches = 0       # >0: re-estimate BN statistics on this many training batches before
+                                         # the final evaluation (ba_dist.precise_bn; 0: off)
     return c
 
 
@@ -154,7 +156,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                            "train.epochs", "train.eval_every", "train.checkpoint_every", "model.ghost_batch_size",
                            "input.prefetch", "input.read_threads", "train.keep_checkpoints", "optim.regime_scale"],
                  non_negative=["optim.base_lr", "optim.weight_decay", "optim.warmup_epochs", "input.mixup_alpha",
-                               "optim.label_smoothing", "optim.momentum"])
+                               "optim.label_smoothing", "optim.momentum", "train.precise_bn_batches"])
     if c.optim.momentum >= 1:
         raise ConfigError(f"optim.momentum={c.optim.momentum}: must be < 1")
     if c.optim.warmup_epochs >= c.train.epochs:

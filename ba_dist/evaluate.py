@@ -1,6 +1,7 @@
 """``ba-eval``: evaluate a ba-train checkpoint, single-crop and with test-time augmentation.
 
     mpirun -np 2 ba-eval --workdir workdirs/resnet44_cifar10/ba [--checkpoint best|latest|PATH] [--tta 10]
+                         [--precise_bn 50]
 
 Rebuilds the run from its ``config.json`` (same network, data source, splits
 and normalisation), restores a checkpoint (rank 0 reads, every rank receives
@@ -9,7 +10,10 @@ split exactly, sharded over the ranks:
 
 * single-crop: the config's evaluation transform (what ba-train reports);
 * ``--tta N``: the softmax averaged over N copies of every sample under the
-  *training* augmentation (paper, Table 5), seeds from (seed, sample id, copy).
+  *training* augmentation (paper, Table 5), seeds from (seed, sample id, copy);
+* ``--precise_bn N``: first re-estimate the BN statistics with the checkpoint's
+  weights on N training batches per rank, averaged over ranks (precise BN,
+  :mod:`ba_dist.precise_bn`), for runs whose moving averages lag the weights.
 
 Rank 0 prints a table and writes ``eval.json`` into the workdir. Any world
 size works (evaluation has no BA groups). Exit codes: 0 done, 1 error, 2 bad
@@ -68,10 +72,17 @@ def _find_checkpoint(manager, which: str) -> Path:
     return Path(path)
 
 
-def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size: int = 0) -> dict:
-    """Evaluate a run's checkpoint on every rank; returns the results (identical on all ranks)."""
+def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size: int = 0,
+             precise_bn: int = 0) -> dict:
+    """Evaluate a run's checkpoint on every rank; returns the results (identical on all ranks).
+
+    ``precise_bn`` > 0: first re-estimate the BN statistics on that many training
+    batches per rank (:mod:`ba_dist.precise_bn`); the checkpoint is not changed.
+    """
     if tta < 0:
         raise EvalError(f"--tta={tta}: must be >= 0")
+    if precise_bn < 0:
+        raise EvalError(f"--precise_bn={precise_bn}: must be >= 0")
     cfg = load_run_config(workdir)
 
     # ---- distribution: evaluation needs only the world (no BA groups)
@@ -106,7 +117,8 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
         try:
             path = _find_checkpoint(manager, checkpoint)
             meta = manager.restore(tf.train.Checkpoint(net=net), path, partial=True)  # no optimizer state
-            info = dict(path=str(path), epoch=meta.get("epoch"), global_step=meta.get("global_step"))
+            info = dict(path=str(path), epoch=meta.get("epoch"), global_step=meta.get("global_step"),
+                        per_rank_batch=_per_rank_batch(meta.get("layout"), cfg))
         except (EvalError, CheckpointError) as e:
             info = dict(error=str(e))
     info = ctx.world_comm.bcast(info, root=0)
@@ -115,6 +127,8 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     hvd.broadcast_variables(net.variables, root_rank=0)
     _say(rank, f"{cfg.model.name} from {info['path']} (epoch {info['epoch']}, step {info['global_step']}) "
                f"on {src.name}/{cfg.input.eval_split}: {len(src)} samples over {world} rank(s), input {in_shape}")
+    if precise_bn:
+        _precise_bn(cfg, ctx, net, precise_bn, info)
 
     # ---- evaluate: exact sums over the sharded split
     per_rank = batch_size or cfg.input.eval_batch_size
@@ -128,6 +142,29 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
         err1, errt = 1 - out["single_crop"]["val_top1"], 1 - out["tta"]["val_top1"]
         out["tta"]["error_reduction"] = (err1 - errt) / err1 if err1 > 0 else 0.0
     return out
+
+
+def _per_rank_batch(layout: Optional[dict], cfg) -> int:
+    """Examples per rank per training step, from the checkpoint's layout (older ones: input.batch_size)."""
+    if layout and "per_rank_unique" in layout and "m_local" in layout:
+        return int(layout["per_rank_unique"]) * int(layout["m_local"])
+    return int(cfg.input.batch_size)
+
+
+def _precise_bn(cfg, ctx, net, num_batches: int, info: dict) -> None:
+    """Precise BN on training batches of the run's per-rank size (one copy per sample: no BA groups here)."""
+    from ba_dist import config as config_lib
+    from ba_dist.data import build as data_build
+    from ba_dist.precise_bn import update_bn_statistics
+    b, world = info["per_rank_batch"], ctx.size
+    data = data_build.build(cfg, config_lib.Layout(world, b * world, 1, 1, 1, world, b), ctx)
+    ds, loader = data.train_dataset(int(info["epoch"] or 0), 0, num_batches)
+    try:
+        used = update_bn_statistics(net, ds, num_batches)
+    finally:
+        loader.stop()
+    info["precise_bn_batches"] = used
+    _say(ctx.rank, f"precise BN: statistics re-estimated on {used} training batches of {b} per rank")
 
 
 def format_table(out: dict) -> str:
@@ -152,9 +189,11 @@ def _define_flags() -> None:
                         "val_top1) or a checkpoint directory (absolute, or relative to WORKDIR/checkpoints)")
     flags.DEFINE_integer("tta", 0, "test-time augmentation copies per sample (0: single-crop only; the paper used 10)")
     flags.DEFINE_integer("batch_size", 0, "images per rank per forward pass (0: the run's input.eval_batch_size)")
+    flags.DEFINE_integer("precise_bn", 0, "re-estimate the BN statistics on this many training batches per rank "
+                         "before evaluating (precise BN; 0: the checkpoint's statistics)")
 
 
-FLAG_NAMES = ["workdir", "checkpoint", "tta", "batch_size"]
+FLAG_NAMES = ["workdir", "checkpoint", "tta", "batch_size", "precise_bn"]
 
 
 def main(argv) -> int:
@@ -167,7 +206,7 @@ def main(argv) -> int:
     from ba_dist.config import ConfigError
     from ba_dist.data.sources import DataSourceError
     try:
-        out = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.tta, FLAGS.batch_size)
+        out = evaluate(FLAGS.workdir, FLAGS.checkpoint, FLAGS.tta, FLAGS.batch_size, FLAGS.precise_bn)
     except (EvalError, ConfigError, DataSourceError) as e:
         _say(rank, f"error: {e}")
         sys.stdout.flush()

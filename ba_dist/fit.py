@@ -13,7 +13,8 @@ named phases, the same for both::
     6. fit               one model.fit per stretch: the interrupted epoch first
                          (resume mid-epoch), then whole epochs
     7. the end           stopped early: barrier, exit 75 ("requeue me");
-                         else final evaluation, checkpoint, result.json, summary line
+                         else precise BN (train.precise_bn_batches > 0), final evaluation,
+                         checkpoint, result.json, summary line
 
 Exit codes: 0 done, 75 stopped early and checkpointed (the CLIs add 1 error,
 2 bad config/data). Stop signals (SIGTERM, SIGUSR1) are recorded from process
@@ -266,6 +267,30 @@ class FitLoop:
         for v, mean in zip(self.bn_statistics, dist.allreduce_mean(self.bn_statistics, name="ba_bn_statistics")):
             v.assign(mean)
 
+    def precise_bn(self, num_batches: int) -> None:
+        """Re-estimate the BN statistics with the current weights on ``num_batches`` training batches (0: no-op).
+
+        Precise BN (:mod:`ba_dist.precise_bn`): the moving averages lag the
+        weights under a constant or fast learning rate. The batches are those
+        of the next epoch (``state.epoch``), read as training reads them; the
+        statistics end averaged over ranks, identical everywhere, so the
+        final checkpoint holds them and ``ba-eval`` of it reports ``result.json``.
+        """
+        if num_batches <= 0 or not self.bn_statistics:
+            return
+        from ba_dist.precise_bn import update_bn_statistics
+        ds = self.task.dataset(self.state.epoch, 0, num_batches)
+        try:
+            used = update_bn_statistics(self.parts.net, ds, num_batches)
+        except BaseException:
+            self.task.end_dataset(failed=True)
+            raise
+        self.task.end_dataset(failed=False)
+        self._bn_averaged = self.state.global_step   # already averaged over ranks
+        # new statistics: evaluate again and rewrite this step's checkpoint with them
+        self.state.last_eval, self._last_saved = {}, -1
+        self.task.say(f"precise BN: statistics re-estimated on {used} training batches per rank")
+
     def epoch_fields(self, logs: dict) -> dict:
         return self.task.epoch_fields(self.state, logs)
 
@@ -297,6 +322,7 @@ class FitLoop:
             self.task.say(f"stopped early ({state.stop_reason}) at epoch {state.epoch} step "
                           f"{state.step_in_epoch}; checkpoint written, exit {REQUEUE_EXIT_CODE} = requeue me")
             return REQUEUE_EXIT_CODE
+        self.precise_bn(self.cfg.train.get("precise_bn_batches", 0))
         self.average_bn_statistics()
         result, last_eval = self.task.final_evaluation(state)
         self.save(dict(last_eval))

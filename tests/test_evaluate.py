@@ -132,3 +132,28 @@ def test_not_a_workdir_is_a_clear_error(tmp_path):
     res = run(BA_EVAL + ["--workdir", str(tmp_path)], timeout=120, env=rank_env())
     assert res.returncode == 2
     assert f"{tmp_path}/config.json: cannot read the run's config" in res.stdout, res.stdout[-3000:]
+
+
+def test_precise_bn_flag_reestimates_on_training_batches(digits_run):
+    res = run(BA_EVAL + ["--workdir", str(digits_run), "--precise_bn", "4"], timeout=300, env=rank_env())
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "precise BN: statistics re-estimated on 4 training batches" in res.stdout, res.stdout[-3000:]
+    out = json.loads((digits_run / "eval.json").read_text())
+    assert out["checkpoint"]["precise_bn_batches"] == 4 and out["single_crop"]["val_count"] == 359
+    bad = run(BA_EVAL + ["--workdir", str(digits_run), "--precise_bn", "-1"], timeout=300, env=rank_env())
+    assert bad.returncode == 2 and "--precise_bn=-1: must be >= 0" in bad.stdout, bad.stdout[-3000:]
+
+
+def test_training_with_precise_bn_saves_the_statistics_it_reports(tmp_path):
+    """train.precise_bn_batches: the final checkpoint holds the re-estimated statistics, 2 ranks agree."""
+    res = mpirun(2, BA_TRAIN + ["--config", "configs/digits_smoke.py", "--workdir", str(tmp_path),
+                                "--config.ba.m_ranks=1", "--config.train.epochs=1", "--config.train.verbose=0",
+                                "--config.train.precise_bn_batches=3"], timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "precise BN: statistics re-estimated on 3 training batches per rank" in res.stdout, res.stdout[-3000:]
+    trained = json.loads((tmp_path / "result.json").read_text())
+    ev = run(BA_EVAL + ["--workdir", str(tmp_path)], timeout=300, env=rank_env())
+    assert ev.returncode == 0, ev.stdout[-4000:]
+    out = json.loads((tmp_path / "eval.json").read_text())
+    assert out["single_crop"]["val_top1"] == trained["val_top1"]
+    assert out["single_crop"]["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-5)

@@ -65,6 +65,7 @@ def test_single_process_without_mpirun(tmp_path):
     ("--config.model.name=resnet9000", "model.name='resnet9000': unknown"),
     ("--config.input.dataset=mnist_from_mars", "input.dataset='mnist_from_mars': unknown"),
     ("--config.optim.base_lr=-0.1", "optim.base_lr=-0.1: must be >= 0"),
+    ("--config.train.precise_bn_batches=-5", "train.precise_bn_batches=-5: must be >= 0"),
     ("--config.ba.multiplicity=3", "ba.multiplicity=3 is not divisible by ba.m_ranks=2"),
     ("--config.optim.learning_rate=0.1", "learning_rate"),  # unknown key: ml_collections refuses it
 ])
