@@ -12,6 +12,22 @@ A checkpoint is written into a hidden temporary directory and renamed into
 place only after ``meta.json`` (written last) is on disk, so a crash or a full
 disk during a write leaves the previous checkpoint untouched and loadable.
 Directories without ``meta.json`` are never considered complete.
+
+Why not ``tf.train.CheckpointManager`` for the keep-N bookkeeping (issue 13
+asked for it; checked against TF 2.15's ``checkpoint_management.py``): it
+keeps one flat prefix per checkpoint (``<dir>/ckpt-N.index``, ``.data-*``)
+written in place at its final name, so a crash mid-write can leave a
+half-written newest checkpoint, which is what the temporary directory + rename
+above prevents; its ``max_to_keep`` sweep deletes only a prefix's ``.index``
+and ``.data-*`` files, so over our directories it would leave ``meta.json``
+behind and an emptied directory that looks complete; it has no notion of a
+best checkpoint to keep beyond the last N; and it knows only checkpoints
+listed in its ``checkpoint`` state file, so directories written before it
+(every existing run) would be neither pruned nor found. Using it for listing
+and ours for writing would be two sources of truth. So the bookkeeping stays
+here: the listing is the directory itself (complete = has ``meta.json``),
+pruning removes whole directories except the best, and old checkpoints restore
+because nothing about their layout changed.
 """
 from __future__ import annotations
 
