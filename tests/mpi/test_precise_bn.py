@@ -20,7 +20,8 @@ def test_precise_bn_averages_over_ranks():
     h = tf.keras.layers.Dense(4)(x)
     bn1 = tf.keras.layers.BatchNormalization(momentum=0.99)
     bn2 = GhostBatchNormalization(virtual_batch_size=4, momentum=0.99)
-    net = tf.keras.Model(x, bn2(tf.keras.layers.Dense(3)(bn1(h))))
+    g = tf.keras.layers.Dense(3, bias_initializer=tf.keras.initializers.Constant(2.0))(x)
+    net = tf.keras.Model(x, tf.keras.layers.Concatenate()([bn1(h), bn2(g)]))
     rng = np.random.default_rng(100 + r)       # every rank its own batches, shifted by rank
     batches = [rng.normal(loc=r + i, scale=1 + r, size=(8, 6)).astype("float32") for i in range(3)]
     before = [v.numpy().copy() for v in (bn1.moving_mean, bn2.moving_mean)]
@@ -36,8 +37,15 @@ def test_precise_bn_averages_over_ranks():
     expect_var1 = ctx.world_comm.allreduce(local_var1) / n
     np.testing.assert_allclose(bn1.moving_mean.numpy(), expect_mean1, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bn1.moving_variance.numpy(), expect_var1, rtol=1e-3, atol=1e-4)
-    assert not np.allclose(bn1.moving_mean.numpy(), before[0])
-    assert not np.allclose(bn2.moving_mean.numpy(), before[1])
+    # ghost BN (chunks of 4 rows): mean of the chunk means, mean of the Bessel-corrected chunk variances
+    gs = [tf.keras.Model(x, g)(b).numpy().reshape(2, 4, 3) for b in batches]
+    local_mean2 = np.mean([c.mean(axis=1).mean(axis=0) for c in gs], axis=0)
+    local_var2 = np.mean([c.var(axis=1).mean(axis=0) * 4 / 3 for c in gs], axis=0)
+    np.testing.assert_allclose(bn2.moving_mean.numpy(), ctx.world_comm.allreduce(local_mean2) / n, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn2.moving_variance.numpy(), ctx.world_comm.allreduce(local_var2) / n,
+                               rtol=1e-3, atol=1e-4)
+    assert not np.allclose(bn1.moving_mean.numpy(), before[0], atol=1e-3)
+    assert not np.allclose(bn2.moving_mean.numpy(), before[1], atol=1e-3)
 
     # every rank holds identical statistics, bit for bit
     mine = np.concatenate([v.numpy().ravel() for v in (bn1.moving_mean, bn1.moving_variance,
