@@ -33,6 +33,7 @@ _MPIRUN_IN_SOURCE = re.compile(r"\bmpirun\(|\bMPIRUN\b|\bfaultlib\.(run|run_repo
 LAUNCHES_MPIRUN = (
     "test_analysis.py::test_scaling_one_and_two_ranks",          # ba-bench scaling: mpirun -np 1 and 2
     "test_experiment.py::test_digits_row_three_variants_on_two_ranks",  # launch/local.sh = mpirun
+    "test_experiment.py::test_seeds_and_sweep_real_runs_and_figure",    # launch/local.sh = mpirun
     # the stand-in srun of tests/stand_ins starts mpirun
     "test_slurm.py::test_512_node_template_stops_on_usr1_checkpoints_requeues_and_resumes",
     "test_slurm.py::test_cifar_template_through_submit",
