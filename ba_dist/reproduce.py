@@ -204,10 +204,14 @@ def format_seed_table(stats: dict) -> str:
 
 
 def sweep_figure(workdirs: dict, out: Path, title: str):
-    """Figure 3 of the paper: validation (solid) and training (dashed) error vs epoch, one colour per M."""
+    """Figure 3 of the paper: validation (solid) and training (dashed) error vs epoch, one colour per M.
+
+    Log y axis: the final errors (a few samples out of hundreds) stay readable
+    next to the first epochs' tens of percent.
+    """
     from ba_dist import plot     # matplotlib only when a figure is asked for
     fig = plot.plot_runs([workdirs[m] for m in sorted(workdirs)], metric="val_error",
-                         labels=[f"M={m}" for m in sorted(workdirs)], title=title)
+                         labels=[f"M={m}" for m in sorted(workdirs)], logy=True, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return out
