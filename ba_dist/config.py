@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn = "batch"                 # batch | ghost | none
     c.model.ghost_batch_size = 32
     c.model.dropout = ml_collections.config_dict.placeholder(float)  # None: the network's reference value
+    c.model.auxiliary_weight = 0.0       # >0: build the auxiliary head, loss += weight x CE(aux) (darts, amoebanet)
+    c.model.drop_path_rate = ml_collections.config_dict.placeholder(float)  # None: the network's own, constant;
+    #                                      a rate: ramp the drop-path probability 0 -> rate over training (DARTS)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.base_lr = 0.1
@@ -78,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.decay_biases = True
     c.optim.label_smoothing = 0.0
     c.optim.grad_compression = "none"    # none | fp16 (Horovod allreduce compression)
+    c.optim.grad_clip_norm = 0.0         # >0: clip the averaged loss gradient to this global norm; 0: off
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 10                  # epochs of UNIQUE samples; BA keeps the baseline's step count
@@ -156,9 +160,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
                            "train.epochs", "train.eval_every", "train.checkpoint_every", "model.ghost_batch_size",
                            "input.prefetch", "input.read_threads", "train.keep_checkpoints", "optim.regime_scale"],
                  non_negative=["optim.base_lr", "optim.weight_decay", "optim.warmup_epochs", "input.mixup_alpha",
-                               "optim.label_smoothing", "optim.momentum", "train.precise_bn_batches"])
+                               "optim.label_smoothing", "optim.momentum", "train.precise_bn_batches",
+                               "model.auxiliary_weight", "optim.grad_clip_norm"])
     if c.optim.momentum >= 1:
         raise ConfigError(f"optim.momentum={c.optim.momentum}: must be < 1")
+    if c.model.drop_path_rate is not None and not 0 <= c.model.drop_path_rate < 1:
+        raise ConfigError(f"model.drop_path_rate={c.model.drop_path_rate}: must be in [0, 1) (or None: the "
+                          f"network's own rate, constant)")
     if c.optim.warmup_epochs >= c.train.epochs:
         raise ConfigError(f"optim.warmup_epochs={c.optim.warmup_epochs} must be shorter than train.epochs={c.train.epochs}")
     _check_names(c)
@@ -172,6 +180,9 @@ def _check_names(c) -> None:
     from ba_dist import models
     if c.model.name not in models.MODEL_NAMES:
         raise ConfigError(f"model.name={c.model.name!r}: unknown; known: {', '.join(models.MODEL_NAMES)}")
+    if c.model.auxiliary_weight > 0 and c.model.name not in models.AUXILIARY_HEAD_MODELS:
+        raise ConfigError(f"model.auxiliary_weight={c.model.auxiliary_weight}: {c.model.name!r} has no auxiliary "
+                          f"head (only {', '.join(models.AUXILIARY_HEAD_MODELS)}); set it to 0")
 
 
 @dataclasses.dataclass(frozen=True)

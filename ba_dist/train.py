@@ -79,7 +79,9 @@ class ImageTask(fit.Task):
             opt = tf.keras.mixed_precision.LossScaleOptimizer(inner)
         compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
         model = train_step.BATrainModel(self.net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
-                                        cfg.optim.label_smoothing, compression)
+                                        cfg.optim.label_smoothing, compression,
+                                        auxiliary_weight=cfg.model.auxiliary_weight,
+                                        grad_clip_norm=cfg.optim.grad_clip_norm)
         model.compile(optimizer=opt)
         if cfg.train.xla:
             model.enable_xla()
@@ -96,6 +98,17 @@ class ImageTask(fit.Task):
             self.loader.stop(timeout=5)  # the error may be on this rank only: do not wait long
         elif not self.loader.stop():   # every rank left fit at the same step: end the broadcasts together
             log.warning("input loader thread did not stop within 60 s")
+
+    def callbacks(self, parts: fit.Parts) -> list:
+        """DARTS's drop-path ramp 0 -> ``model.drop_path_rate`` (epoch e of E: rate x e / E), if set."""
+        rate = self.cfg.model.drop_path_rate
+        if rate is None:
+            return []
+        from ba_dist.models.drop_path import DropPathSchedule, drop_path_layers
+        if rate > 0 and not drop_path_layers(self.net):
+            raise config_lib.ConfigError(f"model.drop_path_rate={rate}: {self.cfg.model.name!r} has no drop-path "
+                                         f"layers; leave it unset")
+        return [DropPathSchedule(rate, self.cfg.train.epochs)]
 
     def chief_callbacks(self) -> list:
         if self.cfg.train.grad_stats_every <= 0:
@@ -147,7 +160,8 @@ def build_net(cfg, num_classes: int, in_shape: tuple):
     """The network for the config; ``in_shape`` is what the augmentation outputs."""
     from ba_dist import models
     return models.build_model(cfg.model.name, num_classes, in_shape, bn=cfg.model.bn,
-                              ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout)
+                              ghost_batch_size=cfg.model.ghost_batch_size, dropout=cfg.model.dropout,
+                              auxiliary_head=cfg.model.auxiliary_weight > 0)
 
 
 def _schedule_kwargs(cfg) -> dict:

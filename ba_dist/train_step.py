@@ -3,18 +3,28 @@
 :class:`BATrainModel` wraps a zoo network for ``model.fit``. One step::
 
     logits = net(x)                      x: this rank's m_local x b examples
-    loss   = CE(y, logits) + wd/2 |w|^2  (mean over the local batch; no BN params in |w|)
-    g_r    = local gradient of rank r
-    grads  = Horovod allreduce-average   = 1/(N m_local b) sum over all B x M examples
+    loss   = CE(y, logits) [+ a CE(y, aux_logits)]   (mean over the local batch; a = auxiliary_weight)
+    g_r    = local gradient of rank r of ``loss``
+    g      = Horovod allreduce-average   = 1/(N m_local b) sum over all B x M examples
     flags  = allreduce-sum [loss, stop request, |g_r|^2]   (fused with the gradients)
+    g      = g * min(1, clip / |g|)      (only with grad_clip_norm = clip > 0)
+    update = g + wd w                    (coupled L2 = gradient of wd/2 |w|^2; no BN params in w)
     apply unless the global gradient is non-finite
+
+The weight-decay term ``wd w`` is the same on every rank (the weights are), so
+adding it after the average gives the update of differentiating
+``loss + wd/2 |w|^2`` on each rank; keeping it out of ``g`` makes ``grad_norm``
+the norm of the loss gradient (the paper's Figure 2) and lets the clipping see
+the loss gradient only, as DARTS's (PyTorch SGD adds the decay after the clip).
+Clipping the averaged gradient gives every rank the same update.
 
 Because ``grad_norm`` and the flags come out of allreduces, every rank sees
 the same values and takes the same decisions (stop, non-finite) at the same
 step without any extra communication.
 
 Gradient statistics of the last step (read by ``ba_dist.analysis.gradstats``):
-``step_grad_norm = |g|`` with ``g = mean_r g_r`` the applied gradient, and
+``step_grad_norm = |g|`` with ``g = mean_r g_r`` the averaged loss gradient
+(before clipping and weight decay), and
 ``step_grad_var = mean_r |g_r|^2 - |g|^2 = mean_r |g_r - g|^2``, the spread of
 the N per-rank gradients around their mean (0 on one rank, and exactly 0 when
 every rank computed the same gradient). It costs one extra scalar in the flags
@@ -28,7 +38,7 @@ import tensorflow as tf
 
 from ba_dist import optim
 
-__all__ = ["BATrainModel", "evaluate_sharded"]
+__all__ = ["BATrainModel", "evaluate_sharded", "main_logits"]
 
 
 class BATrainModel(tf.keras.Model):
@@ -41,10 +51,14 @@ class BATrainModel(tf.keras.Model):
       decay_biases: include biases in weight decay.
       label_smoothing: for the cross-entropy.
       compression: ``hvd.Compression.none`` or ``.fp16``.
+      auxiliary_weight: weight ``a`` of the auxiliary classifier's cross-entropy; the
+        network then outputs ``[logits, aux_logits]`` (DARTS: 0.4). 0: a single output.
+      grad_clip_norm: clip the averaged loss gradient to this global norm (DARTS: 5); 0: off.
     """
 
     def __init__(self, net: tf.keras.Model, hvd, weight_decay: float = 0.0, decay_biases: bool = True,
-                 label_smoothing: float = 0.0, compression=None):
+                 label_smoothing: float = 0.0, compression=None, auxiliary_weight: float = 0.0,
+                 grad_clip_norm: float = 0.0):
         super().__init__(name="ba_train")
         self.net = net
         self.hvd = hvd
@@ -52,6 +66,8 @@ class BATrainModel(tf.keras.Model):
         self.decayed = optim.decayed_variables(net, decay_biases=decay_biases) if weight_decay > 0 else []
         self.loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
         self.compression = compression if compression is not None else hvd.Compression.none
+        self.auxiliary_weight = float(auxiliary_weight)
+        self.grad_clip_norm = float(grad_clip_norm)
         # Set from Python (signal handler); read inside the step and reduced over ranks.
         self.stop_request = tf.Variable(0.0, trainable=False, name="stop_request")
         self.global_stop = tf.Variable(0.0, trainable=False, name="global_stop")
@@ -67,19 +83,24 @@ class BATrainModel(tf.keras.Model):
         return list(self.trackers.values()) + [self.top1]
 
     def call(self, x, training=False):
-        return self.net(x, training=training)
+        return main_logits(self.net(x, training=training))
 
     def local_gradients(self, x, y):
-        """Forward and backward on this rank's batch: (logits, loss, local gradients)."""
+        """Forward and backward on this rank's batch: (logits, loss, local loss gradients).
+
+        The loss is the cross-entropy of the logits plus ``auxiliary_weight`` times that
+        of the auxiliary logits (if the network has the head); weight decay is added to
+        the averaged gradient in :meth:`train_step`.
+        """
         opt = self.optimizer
         mixed = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.net(x, training=True), tf.float32)
+            out = self.net(x, training=True)
+            logits = tf.cast(main_logits(out), tf.float32)
             loss = self.loss_fn(y, logits)
-            total = loss
-            if self.decayed:
-                total += optim.l2_regularization_loss(self.decayed, self.weight_decay)
-            scaled = opt.get_scaled_loss(total) if mixed else total
+            if isinstance(out, (list, tuple)) and self.auxiliary_weight > 0:
+                loss += self.auxiliary_weight * self.loss_fn(y, tf.cast(out[1], tf.float32))
+            scaled = opt.get_scaled_loss(loss) if mixed else loss
         return logits, loss, tape.gradient(scaled, self.net.trainable_variables)
 
     def enable_xla(self) -> None:
@@ -115,6 +136,9 @@ class BATrainModel(tf.keras.Model):
             finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
         self.nonfinite.assign(tf.where(finite, 0.0, 1.0))
         self.global_stop.assign(tf.where(flags[1] > 0, 1.0, 0.0))
+        if self.grad_clip_norm > 0:
+            grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=grad_norm)
+        grads = self._add_weight_decay(grads, tvars)
 
         def apply():
             opt.apply_gradients(zip(grads, tvars))
@@ -127,6 +151,14 @@ class BATrainModel(tf.keras.Model):
         self.trackers["grad_norm"].update_state(tf.where(tf.math.is_finite(grad_norm), grad_norm, 0.0))
         self.top1.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
+
+    def _add_weight_decay(self, grads, tvars):
+        """``g + wd w`` for the decayed variables: the gradient of ``wd/2 |w|^2`` added to the loss's."""
+        if not self.decayed:
+            return grads
+        decayed = {v.ref() for v in self.decayed}
+        return [(self.weight_decay * v if g is None else tf.convert_to_tensor(g) + self.weight_decay * v)
+                if v.ref() in decayed else g for g, v in zip(grads, tvars)]
 
     def _allreduce_mean(self, grads):
         """Horovod: average of every rank's gradients (None stays None; one rank: as is)."""
@@ -141,6 +173,11 @@ class BATrainModel(tf.keras.Model):
         return out
 
 
+def main_logits(out):
+    """The main logits of a network's output (the first of ``[logits, aux_logits]``)."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def _sum_of_squares(grads) -> tf.Tensor:
     """``|g|^2`` over all variables, float32 (``tf.linalg.global_norm`` squared, without the sqrt)."""
     parts = [tf.reduce_sum(tf.square(tf.cast(g.values if isinstance(g, tf.IndexedSlices) else g, tf.float32)))
@@ -152,7 +189,8 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
     """Exact evaluation over a dataset sharded across ranks.
 
     Each rank sums ``loss * w``, ``correct@1 * w``, ``correct@5 * w`` and ``w``
-    over its shard (padding has w = 0); one allreduce of the sums gives
+    over its shard (padding has w = 0; a network with an auxiliary head is judged by
+    its main logits); one allreduce of the sums gives
     ``sum correct / sum count`` over the whole split (not a mean of per-rank means).
 
     Images of shape ``[batch, N, H, W, C]`` (``make_eval_dataset(tta=N)``) are
@@ -167,12 +205,13 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
     def step(x, y, w):
         if x.shape.rank == 5:
             copies = tf.shape(x)[1]
-            logits = tf.cast(net(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), training=False), tf.float32)
+            logits = tf.cast(main_logits(net(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), training=False)),
+                             tf.float32)
             probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [-1, copies, num_classes]), axis=1)
             # log of the averaged softmax acts as logits: softmax(log p) = p
             logits = tf.math.log(tf.maximum(probs, 1e-30))
         else:
-            logits = tf.cast(net(x, training=False), tf.float32)
+            logits = tf.cast(main_logits(net(x, training=False)), tf.float32)
         loss = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         top1 = tf.cast(tf.equal(tf.argmax(logits, -1), y), tf.float32)
         top5 = tf.cast(tf.nn.in_top_k(y, logits, k), tf.float32)

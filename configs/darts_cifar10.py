@@ -14,11 +14,11 @@ all three:
 Every rank normalises over 96 distinct images in all three variants (BA spreads the
 8 copies over the 8 ranks of a group), so no ghost batch norm is needed.
 
-Not yet as in DARTS, because the trainer (ba_dist/trainer.py) does not support it:
-the auxiliary head (weight 0.4; the zoo builds it with ``auxiliary_head=True``, the loss
-must add ``0.4 * CE(aux_logits)``), the linear drop-path ramp 0 -> 0.2 (the zoo's
-``DropPathSchedule`` callback; without it the rate is 0.2 from the start) and gradient
-clipping at norm 5.
+As in DARTS: the auxiliary head with weight 0.4 (``model.auxiliary_weight``: the loss adds
+0.4 x CE of the auxiliary logits; evaluation and ba-eval use the main logits), the drop-path
+probability ramped linearly 0 -> 0.2 over training (``model.drop_path_rate``; epoch e of E
+uses 0.2 e / E) and the averaged loss gradient clipped at global norm 5
+(``optim.grad_clip_norm``; weight decay is added after the clip, as PyTorch's SGD does).
 
 Launch (CIFAR-10 prepared once with `tfds build cifar10`, see docs/reproduce.md):
     launch/local.sh 8 ba-train --config configs/darts_cifar10.py:ba --workdir workdirs/darts_cifar10/ba
@@ -35,4 +35,7 @@ from ba_dist import paper_tables
 
 def get_config(arg=None):
     c = paper_tables.cell_network_config("darts")   # B 96, 600 epochs, cosine LR 0.025, wd 3e-4
+    c.model.auxiliary_weight = 0.4     # DARTS's auxiliary classifier
+    c.model.drop_path_rate = 0.2       # ramped 0 -> 0.2 over training
+    c.optim.grad_clip_norm = 5.0
     return paper_tables.variant(c, arg, paper_tables.TABLE2["darts_cifar10"])

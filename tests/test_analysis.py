@@ -72,7 +72,7 @@ WORKER = textwrap.dedent("""
 
     x, y = batch(32 + 32 * rank)
     with tf.GradientTape() as tape:
-        loss = model.loss_fn(y, net(x, training=True)) + optim.l2_regularization_loss(model.decayed, 5e-4)
+        loss = model.loss_fn(y, net(x, training=True))   # grad_norm is the loss gradient's (no weight decay)
     flat = tf.concat([tf.reshape(g, [-1]) for g in tape.gradient(loss, net.trainable_variables)], 0)
     local = hvd.allgather(flat[None]).numpy().astype(np.float64)
     mean = local.mean(0)

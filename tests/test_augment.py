@@ -74,7 +74,7 @@ def test_cifar_is_a_shift_or_flip_of_padded_input():
 def test_cutout_zeroes_one_square():
     size = 5  # odd on purpose: the square must still be exactly size x size
     ones = np.ones((32, 32, 3), np.float32)
-    fn = A.get_augment("cutout", size=size)
+    fn = A.get_augment("cutout", size=size, fill=0.0)
     n_inside = 0
     for i in range(40):
         zero = fn(ones, tf.constant([i, 2])).numpy() == 0
@@ -88,6 +88,23 @@ def test_cutout_zeroes_one_square():
             n_inside += 1
             assert box.shape == (size, size)
     assert n_inside > 10
+
+
+def test_cutout_fills_the_dataset_mean_by_default():
+    """Issue 14: the square is the CIFAR mean (0 after normalisation, as in the reference code)."""
+    image = np.full((32, 32, 3), 200, np.uint8)
+    for name in ("cutout", "cifar_cutout"):   # (cifar_cutout: after the crop's zero padding)
+        out = A.get_augment(name)(image, SEEDS[1]).numpy()
+        cut = (out != 200).any(-1) & (out != 0).any(-1)
+        assert 0 < cut.sum() <= 16 * 16
+        np.testing.assert_allclose(out[cut], np.broadcast_to(A.CIFAR10_MEAN, out[cut].shape), rtol=1e-6)
+        normalised = A.normalize(out, A.CIFAR10_MEAN, A.CIFAR10_STD).numpy()
+        np.testing.assert_allclose(normalised[cut], 0.0, atol=1e-5)
+    # same draw as an explicit fill: only the value of the masked pixels changed
+    explicit = A.get_cutout(fill=0.0)(image, SEEDS[1]).numpy()
+    np.testing.assert_array_equal((explicit == 0).all(-1), (A.get_cutout()(image, SEEDS[1]).numpy() != 200).any(-1))
+    grey = A.get_cutout(size=4)(np.full((8, 8, 1), 9, np.uint8), SEEDS[0]).numpy()   # digits: 0 (x / 255)
+    assert grey.shape == (8, 8, 1) and (grey == 0).sum() > 0 and set(np.unique(grey)) <= {0.0, 9.0}
 
 
 def test_cutout_fill_and_bad_size():

@@ -213,3 +213,48 @@ def test_config_runs_two_steps(spec, step_results):
     res = r["result"]
     assert res["exit_code"] == 0 and res["global_step"] == 2 and res["val_count"] == 2, res
     assert math.isfinite(res["val_loss"]), res
+
+
+@pytest.mark.parametrize("name", ["darts_cifar10", "amoebanet_cifar10"])
+def test_cell_network_rows_train_as_darts(name):
+    """Issue 14: auxiliary head 0.4, drop-path ramp to 0.2, clipping at 5 in every variant."""
+    for variant in ("fixed_steps", "fixed_samples", "ba"):
+        c = load(f"configs/{name}.py:{variant}")
+        config_lib.validate(c)
+        assert (c.model.auxiliary_weight, c.model.drop_path_rate, c.optim.grad_clip_norm) == (0.4, 0.2, 5.0)
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("model.auxiliary_weight", 0.4, "'digits_cnn' has no auxiliary head"),
+    ("model.auxiliary_weight", -1.0, "model.auxiliary_weight=-1.0: must be >= 0"),
+    ("model.drop_path_rate", 1.0, r"model.drop_path_rate=1.0: must be in \[0, 1\)"),
+    ("optim.grad_clip_norm", -5.0, "optim.grad_clip_norm=-5.0: must be >= 0")])
+def test_bad_darts_extras_are_clear_errors(key, value, msg):
+    c = load("configs/digits_smoke.py")
+    section, field = key.split(".")
+    c[section][field] = value
+    with pytest.raises(config_lib.ConfigError, match=msg):
+        config_lib.validate(c)
+
+
+def test_drop_path_ramp_is_a_callback_of_the_task():
+    from ba_dist import train
+    from ba_dist.models import drop_path, nas_cells
+    from ba_dist.models.layers import Norm
+    c = load("configs/digits_smoke.py")
+    c.model.drop_path_rate = 0.2
+    c.train.epochs = 10
+    task = train.ImageTask(c)
+    task.net = train.build_net(c, 10, (8, 8, 1))      # digits_cnn: no drop-path layers
+    with pytest.raises(config_lib.ConfigError, match="has no drop-path layers"):
+        task.callbacks(None)
+    task.net = nas_cells.cell_network(nas_cells.DARTS_V2, "tiny", 10, (8, 8, 3), Norm("batch"),
+                                      init_channels=4, layers=3, drop_path=0.2)
+    (ramp,) = task.callbacks(None)
+    ramp.set_model(task.net)
+    for epoch, rate in [(0, 0.0), (5, 0.1), (9, 0.18)]:      # 0.2 x epoch / 10
+        ramp.on_epoch_begin(epoch)
+        layers = drop_path.drop_path_layers(task.net)
+        assert layers and all(float(l.rate.numpy()) == pytest.approx(rate) for l in layers)
+    c.model.drop_path_rate = None
+    assert task.callbacks(None) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist import train_step
+from ba_dist import evaluate, train_step
 from ba_dist.data.arrays import SyntheticSource
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import PipelineSpec
@@ -157,3 +157,14 @@ def test_training_with_precise_bn_saves_the_statistics_it_reports(tmp_path):
     out = json.loads((tmp_path / "eval.json").read_text())
     assert out["single_crop"]["val_top1"] == trained["val_top1"]
     assert out["single_crop"]["val_loss"] == pytest.approx(trained["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("single,tta,verb,amount", [(0.90, 0.92, "reduces", "20.00%"),
+                                                     (0.90, 0.86, "increases", "40.00%")])
+def test_tta_line_says_whether_the_error_went_down_or_up(single, tta, verb, amount):
+    row = dict(val_top5=1.0, val_loss=0.3, val_count=100)
+    err1, errt = 1 - single, 1 - tta
+    out = dict(single_crop=dict(row, val_top1=single),
+               tta=dict(row, val_top1=tta, copies=4, error_reduction=(err1 - errt) / err1))
+    line = evaluate.format_table(out).splitlines()[-1]
+    assert line.startswith(f"TTA {verb} the top-1 error by {amount} "), line

@@ -7,8 +7,10 @@ BA reduces. ``metrics.jsonl`` holds its epoch mean; this callback logs it every
 scalar in an allreduce that happens anyway.
 
 The estimator. :class:`ba_dist.train_step.BATrainModel` computes every rank's
-local gradient ``g_r`` (mean over the rank's ``m_local x b`` examples), the
-applied gradient ``g = mean_r g_r`` (Horovod average) and, from one more
+local gradient ``g_r`` of the loss (mean over the rank's ``m_local x b``
+examples; weight decay excluded, as in the paper's Figure 2, which is about the
+loss gradient), their Horovod average ``g = mean_r g_r`` (the applied update
+is ``g``, clipped if ``optim.grad_clip_norm`` is set, plus ``wd w``) and, from one more
 element of the summed flags allreduce, ``mean_r |g_r|^2``. Then::
 
     grad_var         = mean_r |g_r|^2 - |g|^2 = mean_r |g_r - g|^2 >= 0
@@ -22,7 +24,8 @@ as ranks draw independent examples. Under BA the ranks of a group
 augmentation, so there the spread measures augmentation noise inside the group
 plus sampling noise between groups. On one rank both are 0 (no spread to
 measure), and they are exactly 0 when all ranks compute the same gradient.
-The weight-decay term is the same on every rank and cancels.
+The weight-decay term, the same on every rank, would cancel in ``grad_var``
+anyway; it is left out of ``grad_norm``.
 
 Usage (rank 0 only; the values are identical on all ranks)::
 

@@ -172,7 +172,7 @@ def get_cifar(padding: int = 4) -> AugmentFn:
     return _cifar
 
 
-def get_cutout(size: int = 16, fill: Union[Number, Sequence[Number]] = 0.0) -> AugmentFn:
+def get_cutout(size: int = 16, fill: Optional[Union[Number, Sequence[Number]]] = None) -> AugmentFn:
     """DeVries & Taylor (2017) Cutout: one `size` x `size` square set to `fill`.
 
     The centre is a uniform random pixel, so near a border the square is
@@ -181,9 +181,14 @@ def get_cutout(size: int = 16, fill: Union[Number, Sequence[Number]] = 0.0) -> A
 
     Args:
         size: side of the square in pixels (16 for CIFAR-10, 8 for CIFAR-100).
-        fill: value of the masked pixels, scalar or per channel. The reference
-            code cuts out after normalization, i.e. fills with the dataset mean;
-            pass ``fill=CIFAR10_MEAN`` to reproduce that exactly.
+        fill: value of the masked pixels in 0..255 units, scalar or per channel.
+            ``None`` (default): the dataset mean, ``CIFAR10_MEAN`` for 3-channel
+            images and 0 for others (the digits, which are divided by 255). The
+            reference code cuts out after normalization, i.e. sets the square to 0
+            there; filling with the mean the pipeline normalises by
+            (``input.normalize='cifar10'``, also used for CIFAR-100) gives exactly
+            that. Until issue 14 the default was 0 (black): the random draws are
+            unchanged, only the masked pixels' value is.
 
     Returns:
         An op ``fn(image, seed)``.
@@ -201,12 +206,13 @@ def get_cutout(size: int = 16, fill: Union[Number, Sequence[Number]] = 0.0) -> A
         in_rows = (rows >= y0) & (rows < y0 + size)
         in_cols = (cols >= x0) & (cols < x0 + size)
         mask = (in_rows[:, None] & in_cols[None, :])[:, :, None]
-        return tf.where(mask, tf.constant(fill, tf.float32), image)
+        value = fill if fill is not None else (CIFAR10_MEAN if image.shape[-1] == 3 else 0.0)
+        return tf.where(mask, tf.constant(value, tf.float32), image)
     return _cutout
 
 
 def get_cifar_cutout(padding: int = 4, size: int = 16,
-                     fill: Union[Number, Sequence[Number]] = 0.0) -> AugmentFn:
+                     fill: Optional[Union[Number, Sequence[Number]]] = None) -> AugmentFn:
     """The paper's CIFAR regime (section 4.1): `get_cifar` then `get_cutout`."""
     return chain(get_cifar(padding), get_cutout(size, fill))
 

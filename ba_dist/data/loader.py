@@ -134,7 +134,14 @@ class GroupLoader:
         return img
 
     def _substitute(self, ids, labels, items, epoch, step):
-        """Replace failed items by the next good one of the step; identical on every rank."""
+        """Replace failed items by the next good one of the step; identical on every rank.
+
+        The slot keeps its own sampler id (only the image and label are the
+        substitute's): the id keys the augmentation seeds (``ba.copy_seeds``), so
+        the substitute's copies get seeds of their own instead of repeating, copy
+        for copy, those of the sample it duplicates. Returned ids are therefore
+        the sampler's ids of the step, a corrupt sample's included.
+        """
         bad = [k for k, it in enumerate(items) if isinstance(it, Exception) or it is None]
         if not bad:
             return ids, labels, items
@@ -146,10 +153,10 @@ class GroupLoader:
         good = [k for k in range(len(items)) if k not in set(bad)]
         if not good:
             raise DataError(f"every sample of epoch {epoch} step {step} is corrupt: {'; '.join(where)}")
-        ids, labels, items = ids.copy(), labels.copy(), list(items)
+        labels, items = labels.copy(), list(items)
         for k in bad:
             src = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
-            ids[k], labels[k], items[k] = ids[src], labels[src], items[src]
+            labels[k], items[k] = labels[src], items[src]
         self.skipped += len(bad)
         if self.topo.is_chief:
             log.warning("skipped %d corrupt sample(s) at epoch %d step %d: %s", len(bad), epoch, step, "; ".join(where))

@@ -190,10 +190,36 @@ def test_damaged_sample_is_skipped_and_counted(kind, tmp_path, caplog):
         assert loader.skipped == 0 and bad[0] in ids
         np.testing.assert_array_equal(images[list(ids).index(bad[0])], _pixels(98))
         return
-    assert loader.skipped == 1 and bad[0] not in ids
+    # the slot keeps its id (its augmentation seeds) and carries a good sample's image
+    assert loader.skipped == 1 and list(ids) == list(loader.sampler.epoch_ids(0, 0)[0])
+    k = list(ids).index(bad[0])
+    assert any(np.array_equal(images[k], images[j]) for j in range(len(ids)) if j != k)
     # the warning names the file (or shard:record) and why
     assert re.search(rf"skipped 1 corrupt sample.*{re.escape(where)} \(.*{reason}", caplog.text), caplog.text
     assert all(0 <= y < src.num_classes for y in labels)
+
+
+def test_substitute_copies_get_their_own_seeds(tmp_path):
+    """Issue 14: a substitute's BA copies differ from those of the sample it duplicates."""
+    from ba_dist import ba
+    from ba_dist.data import augment
+    src, where, _ = _source(tmp_path, "zero-byte file")
+    loader, box = _one_epoch(src, "skip")
+    (ids, _, images), = box["steps"]
+    drawn = list(loader.sampler.epoch_ids(0, 0)[0])
+    k = [i for i in range(len(ids)) if src.describe(int(ids[i])) == where][0]
+    dup = next(j for j in range(len(ids)) if j != k and np.array_equal(images[j], images[k]))
+    flip = augment.get_augment("cifar")
+
+    def copies(j):   # what ba_batches makes of slot j (seed 0, epoch 0, rank 0, 4 copies)
+        return ba.sample_copies(tf.constant(images[j]), ba.copy_seeds(0, 0, 0, ids[j], 4), flip).numpy()
+
+    assert not np.array_equal(copies(k), copies(dup))    # same image, different augmentations
+    for j in range(len(ids)):   # every other slot: the seeds of the id the sampler drew, as before
+        if j != k:
+            assert ids[j] == drawn[j]
+            np.testing.assert_array_equal(copies(j), ba.sample_copies(
+                tf.constant(images[j]), ba.copy_seeds(0, 0, 0, drawn[j], 4), flip).numpy())
 
 
 @pytest.mark.parametrize("kind", [k for k, (_, r) in FOLDER_FAULTS.items() if r] + list(TFRECORD_FAULTS))
