@@ -41,7 +41,7 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
 
 
 def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
-               num_classes: int, with_ids: bool = False) -> tf.data.Dataset:
+               num_classes: int, with_ids: bool = False, onehot: bool = True) -> tf.data.Dataset:
     """The BA batching shared by ba-train and the public Keras API.
 
     Args:
@@ -52,10 +52,12 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
       rank: global rank (part of every augmentation seed).
       num_classes: for one-hot labels.
       with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
+      onehot: labels as one-hot ``[m_local*b, K]`` floats; False keeps the
+        integer class ids ``[m_local*b]`` (mixup needs one-hot: then it is forced).
 
     Returns:
-      Batches ``(images [m_local*b, ...], onehot [m_local*b, K])`` in copy-major
-      order: row ``c*b + i`` is copy ``c`` of unique sample ``i``.
+      Batches ``(images [m_local*b, ...], labels)`` in copy-major order: row
+      ``c*b + i`` is copy ``c`` of unique sample ``i``.
     """
     b, m = spec.per_rank_unique, spec.m_local
 
@@ -68,7 +70,9 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
 
     def copy_major(x, label, ids, epoch, step):
         x = ba.copy_major(x)  # [b, m, H, W, C] -> [m*b, H, W, C]
-        y = tf.one_hot(ba.repeat(label, m), num_classes)
+        y = ba.repeat(label, m)
+        if onehot or spec.mixup_alpha > 0:
+            y = tf.one_hot(y, num_classes)
         if spec.mixup_alpha > 0:
             x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch[0], step[0], rank))
         return (x, y, ba.repeat(ids, m)) if with_ids else (x, y)

@@ -284,8 +284,27 @@ _ATEXIT_REGISTERED = False
 def _stop_live_loaders() -> None:
     # A loader thread still polling its queue while the interpreter shuts
     # down can crash the process (exit by SIGSEGV instead of the real code).
-    for loader in list(_LIVE_LOADERS):
+    loaders = list(_LIVE_LOADERS)
+    for loader in loaders:
         loader.stop(timeout=5)
+    if loaders:
+        _release_iterators()
+
+
+def _release_iterators() -> None:
+    """Destroy the tf.data iterators still alive (e.g. ``it = iter(ds)`` in a custom loop).
+
+    Left to module teardown, an iterator's destructor waits for its prefetch
+    threads, one of which may be calling the loader's Python generator; during
+    interpreter finalisation that thread can never take the GIL, so the rank
+    hangs forever. From an atexit hook (before finalisation) the threads still
+    run and the destructor returns.
+    """
+    import gc
+    from tensorflow.python.data.ops.iterator_ops import OwnedIterator
+    for obj in gc.get_objects():
+        if isinstance(obj, OwnedIterator) and getattr(obj, "_iterator_resource", None) is not None:
+            obj._iterator_resource = None
 
 
 def loader_elements(loader: GroupLoader, per_rank_unique: int,
