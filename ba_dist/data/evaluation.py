@@ -4,7 +4,7 @@ A sample that cannot be read, decoded or batched (a size that a fixed-size
 transform cannot batch) never ends the run from inside the input pipeline: it
 enters the batch as a zero image of weight 0 (so it is out of ``val_count``)
 and is recorded in the dataset's :class:`EvalProblems`. After its pass every
-rank reduces the counts (:func:`ba_dist.trainer.evaluate_sharded`): under
+rank reduces the counts (:func:`ba_dist.train_step.evaluate_sharded`): under
 ``on_corrupt='skip'`` they are reported as ``val_skipped``; under ``'error'``
 every rank raises the same :class:`DataSourceError` naming the first file,
 with no rank left behind in a collective.

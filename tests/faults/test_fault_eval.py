@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 import faultlib
-from ba_dist import dist, trainer
+from ba_dist import dist, train_step
 from ba_dist.data import loader as data_loader
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.folder import ImageFolderSource
@@ -99,7 +99,7 @@ def _evaluate(root: str, on_corrupt: str, batch_size: int = 4) -> dict:
     ds, _ = make_eval_dataset(src, spec, 0, 1, batch_size, src.image_shape)
     net = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(input_shape=(40, 40, 3)),
                                tf.keras.layers.Dense(2)])
-    return trainer.evaluate_sharded(net, ds, ctx.hvd, 2)
+    return train_step.evaluate_sharded(net, ds, ctx.hvd, 2)
 
 
 def test_evaluation_skips_and_counts_bad_files_naming_each_once(tmp_path, caplog):
