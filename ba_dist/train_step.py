@@ -197,8 +197,13 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
     N augmented copies per sample: the prediction is the softmax averaged over
     the copies (test-time augmentation, paper Table 5), and the loss is
     ``-log`` of its probability of the label.
+
+    Samples the dataset could not load (its ``eval_problems``) have weight 0;
+    their count is reduced with the sums: reported as ``val_skipped``, or under
+    ``on_corrupt='error'`` raised on every rank as ``DataSourceError`` naming the first.
     """
-    sums = np.zeros(4, np.float64)
+    problems = getattr(dataset, "eval_problems", None)
+    sums = np.zeros(5, np.float64)
     k = min(5, num_classes)
 
     @tf.function
@@ -218,7 +223,13 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
         return tf.stack([tf.reduce_sum(loss * w), tf.reduce_sum(top1 * w), tf.reduce_sum(top5 * w), tf.reduce_sum(w)])
 
     for x, y, w in dataset:
-        sums += step(x, y, w).numpy()
+        sums[:4] += step(x, y, w).numpy()
+    sums[4] = len(problems.bad) if problems else 0
     total = hvd.allreduce(tf.constant(sums), op=hvd.Sum, name="ba_eval_sums").numpy()
+    if total[4] and problems and problems.on_corrupt == "error":
+        from ba_dist.data.sources import DataSourceError
+        first = next(b for bad in hvd.allgather_object(problems.bad) for b in bad)
+        raise DataSourceError(problems.error_message(first, int(total[4])))
     n = max(total[3], 1.0)
-    return {"val_loss": total[0] / n, "val_top1": total[1] / n, "val_top5": total[2] / n, "val_count": int(total[3])}
+    return {"val_loss": total[0] / n, "val_top1": total[1] / n, "val_top5": total[2] / n, "val_count": int(total[3]),
+            "val_skipped": int(total[4])}

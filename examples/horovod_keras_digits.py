@@ -23,12 +23,12 @@ if gpus:
     tf.config.experimental.set_visible_devices(gpus[hvd.local_rank()], "GPU")
 
 digits = load_digits()
-images = np.minimum(digits.images * 16, 255).astype(np.uint8)[..., None]  # 8x8x1, 0..255
-dataset = tf.data.Dataset.from_tensor_slices((images, digits.target))
+images = (digits.images[..., None] / 16.0).astype(np.float32)  # 8x8x1 floats in [0, 1], like MNIST / 255
+dataset = tf.data.Dataset.from_tensor_slices((images, tf.cast(digits.target, tf.int64)))
 per_rank_batch = 64
 
 # Horovod: each worker trains on its own shard of the data.
-train = dataset.shard(hvd.size(), hvd.rank()).shuffle(2000).repeat().map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, tf.one_hot(y, 10))).batch(per_rank_batch)
+train = dataset.shard(hvd.size(), hvd.rank()).shuffle(2000).repeat().batch(per_rank_batch)
 steps_per_epoch = len(images) // (per_rank_batch * hvd.size())
 
 model = tf.keras.Sequential([
@@ -42,7 +42,7 @@ model = tf.keras.Sequential([
 
 # Horovod: add Horovod DistributedOptimizer (legacy Keras optimizers work with Horovod 0.28).
 opt = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.SGD(0.05, momentum=0.9))
-model.compile(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True), optimizer=opt,
+model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer=opt,
               metrics=["accuracy"])
 
 callbacks = [hvd.callbacks.BroadcastGlobalVariablesCallback(0), hvd.callbacks.MetricAverageCallback()]

@@ -25,12 +25,12 @@ if gpus:
     tf.config.experimental.set_visible_devices(gpus[hvd.local_rank()], "GPU")
 
 digits = load_digits()
-images = np.minimum(digits.images * 16, 255).astype(np.uint8)[..., None]  # 8x8x1, 0..255
-dataset = tf.data.Dataset.from_tensor_slices((images, digits.target))
+images = (digits.images[..., None] / 16.0).astype(np.float32)  # 8x8x1 floats in [0, 1], like MNIST / 255
+dataset = tf.data.Dataset.from_tensor_slices((images, tf.cast(digits.target, tf.int64)))
 per_rank_batch = 64
 
 # Horovod: each worker trains on its own shard of the data.
-data = ba.ba_dataset(dataset, "digits", per_rank_unique=per_rank_batch // 2, num_classes=10)  # BA: group-synchronised ids, 2 differently translated copies each
+data = ba.ba_dataset(dataset, "digits", per_rank_unique=per_rank_batch // 2)  # BA: group-synchronised ids, 2 differently translated copies each
 train, steps_per_epoch = data.dataset, data.steps_per_epoch  # BA: 64 examples per rank = 2 copies x 32 unique
 
 model = tf.keras.Sequential([
@@ -44,7 +44,7 @@ model = tf.keras.Sequential([
 
 # Horovod: add Horovod DistributedOptimizer (legacy Keras optimizers work with Horovod 0.28).
 opt = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.SGD(0.05, momentum=0.9))
-model.compile(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True), optimizer=opt,
+model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer=opt,
               metrics=["accuracy"])
 
 callbacks = ba.ba_callbacks(data=data)  # BA: Horovod broadcast + metric averaging + BA bookkeeping

@@ -2,6 +2,7 @@
 import ast
 import difflib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -34,4 +35,26 @@ def test_examples_train_under_mpirun(script, steps):
     assert m, res.stdout[-3000:]
     # BA: one group of 2 ranks shares 32 unique digits per step -> 4x the plain script's steps per epoch
     assert int(m.group(2)) == steps
+    assert float(m.group(1)) > 0.8
+
+
+CUSTOM_LOOP = REPO / "examples/horovod_custom_loop_ba.py"
+EXIT_LIMIT_SEC = 30  # from the final print to every rank gone; the hang this guards against was forever
+
+
+@pytest.mark.parametrize("flags", [[], ["--broadcast"], ["--broadcast", "--no-stop"]])
+def test_custom_loop_learns_and_every_rank_exits(flags):
+    """hvd.DistributedGradientTape loop on 4 ranks, groups of 2: learns, and exits (with or without stop())."""
+    # each rank prints when the script's body is done; what follows is atexit and interpreter teardown
+    runner = ("import runpy, sys, time; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+              "print('body done at', time.time(), flush=True)")
+    res = mpirun(4, [PYTHON, "-c", runner, str(CUSTOM_LOOP)] + flags, timeout=400)
+    gone = time.time()
+    assert res.returncode == 0, res.stdout[-4000:]
+    done = [float(t) for t in re.findall(r"body done at ([0-9.]+)", res.stdout)]
+    assert len(done) == 4, res.stdout[-3000:]
+    assert gone - min(done) < EXIT_LIMIT_SEC, f"ranks took {gone - min(done):.0f}s to exit"
+    m = re.search(r"final training accuracy ([0-9.]+), steps/epoch (\d+)", res.stdout)
+    assert m, res.stdout[-3000:]
+    assert int(m.group(2)) == (1797 // 2) // 16  # 2 groups, 16 unique digits per rank per step
     assert float(m.group(1)) > 0.8

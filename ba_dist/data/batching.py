@@ -18,8 +18,9 @@ import tensorflow as tf
 from ba_dist import ba
 from ba_dist.data import augment as aug
 from ba_dist.data.loader import GroupLoader, PipelineSpec, loader_elements
+from ba_dist.data.sources import CorruptSampleError, DataSourceError, Source
 
-__all__ = ["make_train_dataset", "ba_batches", "normalize", "output_shape"]
+__all__ = ["make_train_dataset", "ba_batches", "normalize", "output_shape", "first_loadable", "fixed_size"]
 
 
 def normalize(x, spec: PipelineSpec):
@@ -41,7 +42,7 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
 
 
 def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
-               num_classes: int, with_ids: bool = False) -> tf.data.Dataset:
+               num_classes: int, with_ids: bool = False, onehot: bool = True) -> tf.data.Dataset:
     """The BA batching shared by ba-train and the public Keras API.
 
     Args:
@@ -52,10 +53,12 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
       rank: global rank (part of every augmentation seed).
       num_classes: for one-hot labels.
       with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
+      onehot: labels as one-hot ``[m_local*b, K]`` floats; False keeps the
+        integer class ids ``[m_local*b]`` (mixup needs one-hot: then it is forced).
 
     Returns:
-      Batches ``(images [m_local*b, ...], onehot [m_local*b, K])`` in copy-major
-      order: row ``c*b + i`` is copy ``c`` of unique sample ``i``.
+      Batches ``(images [m_local*b, ...], labels)`` in copy-major order: row
+      ``c*b + i`` is copy ``c`` of unique sample ``i``.
     """
     b, m = spec.per_rank_unique, spec.m_local
 
@@ -68,7 +71,9 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
 
     def copy_major(x, label, ids, epoch, step):
         x = ba.copy_major(x)  # [b, m, H, W, C] -> [m*b, H, W, C]
-        y = tf.one_hot(ba.repeat(label, m), num_classes)
+        y = ba.repeat(label, m)
+        if onehot or spec.mixup_alpha > 0:
+            y = tf.one_hot(y, num_classes)
         if spec.mixup_alpha > 0:
             x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch[0], step[0], rank))
         return (x, y, ba.repeat(ids, m)) if with_ids else (x, y)
@@ -81,3 +86,33 @@ def output_shape(augment: str, example: np.ndarray) -> tuple:
     """Shape of one augmented example (what the model's input layer must accept)."""
     out = aug.get_augment(augment)(tf.constant(example), tf.zeros([2], tf.int64))
     return tuple(int(d) for d in out.shape)
+
+
+def first_loadable(src: Source, tries: int = 100) -> np.ndarray:
+    """A sample to size the network's input with: a corrupt sample 0 must not stop an on_corrupt='skip' run."""
+    errors = []
+    for i in range(min(len(src), tries)):
+        try:
+            return src.load(i)
+        except CorruptSampleError as e:
+            errors.append(str(e))
+    raise DataSourceError(f"none of the first {len(errors)} samples of {src.name} loads: "
+                          f"{'; '.join(errors[:3])} ...")
+
+
+def fixed_size(transform: str, src: Source, example: Optional[np.ndarray] = None) -> Optional[tuple]:
+    """The decoded shape every sample of ``src`` must have under ``transform``, or None if any will do.
+
+    A transform that resizes (e.g. "imagenet") batches images of any size; one
+    that keeps the input size (e.g. "none", "digits") can only batch images of
+    one size: the source's, or else the first loadable sample's (the same on
+    every rank), so a misfit is a corrupt sample naming its file.
+    """
+    if src.image_shape is not None:
+        return tuple(src.image_shape)
+    example = first_loadable(src) if example is None else example
+    example = example[..., None] if example.ndim == 2 else example
+    bigger = np.zeros((example.shape[0] + 8, example.shape[1] + 8, example.shape[2]), np.uint8)
+    if output_shape(transform, bigger) == output_shape(transform, example):
+        return None
+    return tuple(example.shape)

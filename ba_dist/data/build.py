@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from ba_dist.data import augment
-from ba_dist.data.batching import make_train_dataset, output_shape
+from ba_dist.data.batching import first_loadable, fixed_size, make_train_dataset, output_shape
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import GroupLoader, PipelineSpec
 from ba_dist.data.sampler import GroupSampler
@@ -40,18 +40,6 @@ def make_spec(cfg, lay, train_src: Source) -> PipelineSpec:
         eval_transform=cfg.input.eval_transform or train_src.default_eval,
         broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
         mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
-
-
-def first_loadable(src: Source, tries: int = 100) -> np.ndarray:
-    """A sample to size the network's input with: a corrupt sample 0 must not stop an on_corrupt='skip' run."""
-    errors = []
-    for i in range(min(len(src), tries)):
-        try:
-            return src.load(i)
-        except CorruptSampleError as e:
-            errors.append(str(e))
-    raise DataSourceError(f"none of the first {len(errors)} samples of {src.name} loads: "
-                          f"{'; '.join(errors[:3])} ...")
 
 
 def input_shape(spec: PipelineSpec, src: Source) -> tuple:
@@ -165,6 +153,9 @@ def build(cfg, lay, ctx) -> TrainerData:
     train_src, sample = _train_source(cfg, topo, ctx.group_comm)
     eval_src = _open(cfg, cfg.input.eval_split)  # every rank evaluates its own shard of it
     spec = make_spec(cfg, lay, train_src)
+    if train_src.image_shape is None:
+        # e.g. a folder of 40x40 images: one 1x1 JPEG among them must be skipped (or named), not crash the batch
+        spec = dataclasses.replace(spec, image_shape=fixed_size(spec.augment, train_src, sample))
     sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
     return TrainerData(train_src, eval_src, spec, sampler, sampler.steps_per_epoch,
                        output_shape(spec.augment, sample), train_src.num_classes, cfg.input.eval_batch_size,

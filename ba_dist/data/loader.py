@@ -29,7 +29,7 @@ from ba_dist.data import broadcast
 from ba_dist.data.sampler import GroupSampler
 from ba_dist.data.sources import CorruptSampleError, Source
 
-__all__ = ["DataError", "PipelineSpec", "GroupLoader", "loader_elements", "BROADCAST_MODES"]
+__all__ = ["DataError", "PipelineSpec", "GroupLoader", "loader_elements", "check_size", "BROADCAST_MODES"]
 
 log = logging.getLogger(__name__)
 BROADCAST_MODES = ("decoded", "encoded", "none")
@@ -55,6 +55,8 @@ class PipelineSpec:
       prefetch: steps the reader thread runs ahead.
       read_threads: parallel reads/decodes on the reader.
       seed: base seed of the job.
+      image_shape: when set, the decoded shape every training sample must have
+        (the augmentation keeps the input size); another size is a corrupt sample.
     """
 
     per_rank_unique: int
@@ -69,6 +71,7 @@ class PipelineSpec:
     prefetch: int = 4
     read_threads: int = 4
     seed: int = 0
+    image_shape: Optional[tuple] = None
 
     def __post_init__(self):
         if self.broadcast not in BROADCAST_MODES:
@@ -131,6 +134,10 @@ class GroupLoader:
             return e
         if img.ndim == 2:
             img = img[..., None]
+        try:
+            check_size(img, self.spec.image_shape, self.source.describe(int(i)), self.spec.augment)
+        except CorruptSampleError as e:
+            return e
         return img
 
     def _substitute(self, ids, labels, items, epoch, step):
@@ -284,6 +291,15 @@ class GroupLoader:
         return self._thread is not None and not self._thread.is_alive()
 
 
+def check_size(img: np.ndarray, shape: Optional[tuple], where: str, transform: str) -> None:
+    """CorruptSampleError if ``img`` does not have the ``shape`` a fixed-size pipeline batches."""
+    if shape is not None and tuple(img.shape) != tuple(shape):
+        size = "x".join(map(str, img.shape))
+        raise CorruptSampleError(where, f"size {size} differs from the {'x'.join(map(str, shape))} of the other "
+                                        f"images, and '{transform}' keeps the input size, so it cannot be batched "
+                                        "(remove or resize the file, or use a transform that resizes)")
+
+
 _LIVE_LOADERS: "weakref.WeakSet[GroupLoader]" = weakref.WeakSet()
 _ATEXIT_REGISTERED = False
 
@@ -291,8 +307,27 @@ _ATEXIT_REGISTERED = False
 def _stop_live_loaders() -> None:
     # A loader thread still polling its queue while the interpreter shuts
     # down can crash the process (exit by SIGSEGV instead of the real code).
-    for loader in list(_LIVE_LOADERS):
+    loaders = list(_LIVE_LOADERS)
+    for loader in loaders:
         loader.stop(timeout=5)
+    if loaders:
+        _release_iterators()
+
+
+def _release_iterators() -> None:
+    """Destroy the tf.data iterators still alive (e.g. ``it = iter(ds)`` in a custom loop).
+
+    Left to module teardown, an iterator's destructor waits for its prefetch
+    threads, one of which may be calling the loader's Python generator; during
+    interpreter finalisation that thread can never take the GIL, so the rank
+    hangs forever. From an atexit hook (before finalisation) the threads still
+    run and the destructor returns.
+    """
+    import gc
+    from tensorflow.python.data.ops.iterator_ops import OwnedIterator
+    for obj in gc.get_objects():
+        if isinstance(obj, OwnedIterator) and getattr(obj, "_iterator_resource", None) is not None:
+            obj._iterator_resource = None
 
 
 def loader_elements(loader: GroupLoader, per_rank_unique: int,
