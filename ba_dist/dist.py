@@ -10,6 +10,7 @@ communicates through the small collective API at the end of this module:
     broadcast_from_chief(vars)   rank 0's variables to every rank (restore, start)
     broadcast_object(obj)        a picklable object from rank 0
     gather_to_chief(obj)         every rank's object, as a list on rank 0
+    allgather(obj)               every rank's object, as a list on every rank
     barrier()                    every rank waits for all
     group_channel()              a private channel of the BA group (reader = root) for
                                  the input pipeline's buffer broadcasts
@@ -58,6 +59,7 @@ __all__ = [
     "broadcast_from_chief",
     "broadcast_object",
     "gather_to_chief",
+    "allgather",
     "barrier",
     "GroupChannel",
     "group_channel",
@@ -383,6 +385,12 @@ def gather_to_chief(obj: Any) -> Optional[list]:
     return [obj] if ctx.size == 1 else ctx.world_comm.gather(obj, root=0)
 
 
+def allgather(obj: Any) -> list:
+    """Every rank's picklable ``obj``, as a list in rank order, on every rank."""
+    ctx = context()
+    return [obj] if ctx.size == 1 else ctx.world_comm.allgather(obj)
+
+
 def barrier() -> None:
     """Return on every rank only once every rank has called it."""
     ctx = context()
@@ -410,6 +418,10 @@ class GroupChannel:
     def bcast(self, buffer: np.ndarray) -> None:
         """In place: the reader's contiguous numpy ``buffer`` lands in every rank's ``buffer``."""
         self._comm.Bcast(buffer, root=0)
+
+    def bcast_object(self, obj: Any = None) -> Any:
+        """The reader's picklable ``obj`` on every rank of the group (start-up messages, not pixels)."""
+        return self._comm.bcast(obj, root=0)
 
     def close(self) -> None:
         """Release the communicator (collective over the group; optional)."""

@@ -47,7 +47,7 @@ def test_ba_batch_is_copy_major_and_matches_the_tf_data_path():
     b, m = 8, 3
     spec = PipelineSpec(per_rank_unique=b, m_local=m, augment="digits", seed=11)
     sampler = GroupSampler(len(src), 1, b, seed=11)
-    loader = GroupLoader(src, sampler, spec, ctx.topology, ctx.group_comm, num_steps=1)
+    loader = GroupLoader(src, sampler, spec, ctx.topology, num_steps=1)
     x_data, y_data = next(iter(make_train_dataset(loader, spec, ctx.topology, 10, src.image_shape)))
     ids = sampler.epoch_ids(0, 0)[0]
     images = np.stack([src.load(int(i)) for i in ids])

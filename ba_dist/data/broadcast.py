@@ -1,6 +1,6 @@
 """Moving one step's unique samples from a group's reader to the other ranks.
 
-Two wire formats over the group's mpi4py sub-communicator (reader = rank 0):
+Two wire formats over the group's channel (``ba_dist.dist.group_channel()``, reader = root):
 
 * ``decoded``: pixels of variable-size ``uint8 HxWxC`` images;
 * ``encoded``: the files' bytes, decoded by every rank itself.
@@ -37,44 +37,44 @@ def _header_size(count: int) -> int:
     return _FIXED + _PER_SAMPLE * count
 
 
-def _recv_header(comm, count: int) -> np.ndarray:
+def _recv_header(channel, count: int) -> np.ndarray:
     header = np.empty(_header_size(count), np.int64)
-    comm.Bcast(header, root=0)
+    channel.bcast(header)
     if header[0] == _END:
         raise GroupEnd()
     if header[0] == _ERROR:
         msg = np.empty(int(header[2]), np.uint8)
-        comm.Bcast(msg, root=0)
+        channel.bcast(msg)
         raise GroupBroadcastError(msg.tobytes().decode("utf-8", "replace"))
     return header
 
 
-def bcast_error(comm, count: int, message: str) -> None:
+def bcast_error(channel, count: int, message: str) -> None:
     """Reader only: tell the group that this step cannot be produced."""
     data = np.frombuffer(message.encode("utf-8"), np.uint8)
     header = np.zeros(_header_size(count), np.int64)
     header[0], header[1], header[2] = _ERROR, count, len(data)
-    comm.Bcast(header, root=0)
-    comm.Bcast(np.ascontiguousarray(data), root=0)
+    channel.bcast(header)
+    channel.bcast(np.ascontiguousarray(data))
 
 
-def bcast_end(comm, count: int) -> None:
+def bcast_end(channel, count: int) -> None:
     """Reader only: there are no more steps; receivers raise :class:`GroupEnd`."""
     header = np.zeros(_header_size(count), np.int64)
     header[0] = _END
-    comm.Bcast(header, root=0)
+    channel.bcast(header)
 
 
-def recv_end(comm, count: int) -> None:
+def recv_end(channel, count: int) -> None:
     """Non-reader: consume the reader's end marker after the last step."""
     try:
-        _recv_header(comm, count)
+        _recv_header(channel, count)
     except GroupEnd:
         return
     raise RuntimeError("group broadcast out of step: expected the reader's end marker, got data")
 
 
-def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
+def bcast_decoded(channel, count: int, ids: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None,
                   images: Optional[Sequence[np.ndarray]] = None, substituted: int = 0):
     """Broadcast ``count`` decoded images from the reader (group rank 0).
 
@@ -82,7 +82,7 @@ def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
     samples it ``substituted``; the others pass only ``count`` and receive
     ``(ids, labels, images, substituted)``.
     """
-    if comm.Get_rank() == 0:
+    if channel.is_root:
         header = np.zeros(_header_size(count), np.int64)
         per = header[_FIXED:].reshape(count, _PER_SAMPLE)
         per[:, 0], per[:, 1] = ids, labels
@@ -90,13 +90,13 @@ def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
             per[k, 2:2 + img.ndim] = img.shape
         payload = np.concatenate([np.ascontiguousarray(img).reshape(-1) for img in images])
         header[1], header[2], header[3] = count, payload.size, substituted
-        comm.Bcast(header, root=0)
-        comm.Bcast(payload, root=0)
+        channel.bcast(header)
+        channel.bcast(payload)
         return ids, labels, images, substituted
-    header = _recv_header(comm, count)
+    header = _recv_header(channel, count)
     per = header[_FIXED:].reshape(count, _PER_SAMPLE)
     payload = np.empty(int(header[2]), np.uint8)
-    comm.Bcast(payload, root=0)
+    channel.bcast(payload)
     out, offset = [], 0
     for h, w, c in per[:, 2:]:
         n = int(h * w * c)
@@ -105,7 +105,7 @@ def bcast_decoded(comm, count: int, ids: Optional[np.ndarray] = None, labels: Op
     return per[:, 0].copy(), per[:, 1].copy(), out, int(header[3])
 
 
-def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None,
+def bcast_encoded(channel, count: int, ids: Optional[np.ndarray] = None,
                   payloads: Optional[Sequence[Optional[bytes]]] = None):
     """Broadcast ``count`` encoded payloads (file bytes) from the reader.
 
@@ -114,20 +114,20 @@ def bcast_encoded(comm, count: int, ids: Optional[np.ndarray] = None,
     payload of ``None`` on the reader means "could not be read"; it arrives as
     ``None`` everywhere so every rank applies the same substitution.
     """
-    if comm.Get_rank() == 0:
+    if channel.is_root:
         header = np.zeros(_header_size(count), np.int64)
         per = header[_FIXED:].reshape(count, _PER_SAMPLE)
         per[:, 0] = ids
         per[:, 2] = [-1 if p is None else len(p) for p in payloads]
         blob = bytearray().join(p for p in payloads if p is not None)  # writable, for Bcast
         header[1], header[2] = count, len(blob)
-        comm.Bcast(header, root=0)
-        comm.Bcast(np.frombuffer(blob, np.uint8), root=0)
+        channel.bcast(header)
+        channel.bcast(np.frombuffer(blob, np.uint8))
         return ids, list(payloads)
-    header = _recv_header(comm, count)
+    header = _recv_header(channel, count)
     per = header[_FIXED:].reshape(count, _PER_SAMPLE)
     blob = np.empty(int(header[2]), np.uint8)
-    comm.Bcast(blob, root=0)
+    channel.bcast(blob)
     raw, out, offset = blob.tobytes(), [], 0
     for n in per[:, 2]:
         if n < 0:

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from ba_dist import dist
 from ba_dist.data import augment
 from ba_dist.data.batching import first_loadable, fixed_size, make_train_dataset, output_shape
 from ba_dist.data.evaluation import make_eval_dataset
@@ -69,7 +70,6 @@ class TrainerData:
     num_classes: int
     eval_batch_size: int
     topology: object
-    group_comm: object = None
     loaders: list = dataclasses.field(default_factory=list)
 
     def train_dataset(self, start_epoch: int, start_step: int, num_steps: int) -> tuple[tf.data.Dataset, GroupLoader]:
@@ -78,7 +78,7 @@ class TrainerData:
         Returns the dataset and its loader; call ``loader.stop()`` on every rank
         when done with the dataset (it ends the group's background broadcasts).
         """
-        loader = GroupLoader(self.train_source, self.sampler, self.spec, self.topology, self.group_comm,
+        loader = GroupLoader(self.train_source, self.sampler, self.spec, self.topology,
                              start_epoch=start_epoch, start_step=start_step, num_steps=num_steps)
         self.loaders.append(loader)
         ds = make_train_dataset(loader, self.spec, self.topology, self.num_classes, self.train_source.image_shape)
@@ -110,7 +110,7 @@ def _open(cfg, split: str) -> Source:
     return src
 
 
-def _train_source(cfg, topo, group_comm) -> tuple[Source, np.ndarray]:
+def _train_source(cfg, topo) -> tuple[Source, np.ndarray]:
     """The training source and a first loadable sample; only the group's reader opens files when it can.
 
     With ``broadcast='decoded'`` the other ranks of a group receive every
@@ -122,16 +122,17 @@ def _train_source(cfg, topo, group_comm) -> tuple[Source, np.ndarray]:
     if topo.m_ranks == 1 or cfg.input.broadcast != "decoded":
         src = _open(cfg, cfg.input.train_split)
         return src, first_loadable(src)
+    channel = dist.group_channel()
     if topo.is_reader:
         try:
             src = _open(cfg, cfg.input.train_split)
             sample = first_loadable(src)
         except Exception as e:
-            group_comm.bcast((e if isinstance(e, DataSourceError) else RuntimeError(f"reader: {e!r}"), None), root=0)
+            channel.bcast_object((e if isinstance(e, DataSourceError) else RuntimeError(f"reader: {e!r}"), None))
             raise
-        group_comm.bcast((RemoteSource.of(src, topo.rank), sample), root=0)
+        channel.bcast_object((RemoteSource.of(src, topo.rank), sample))
         return src, sample
-    remote, sample = group_comm.bcast(None, root=0)
+    remote, sample = channel.bcast_object()
     if isinstance(remote, Exception):
         raise remote
     return remote, sample
@@ -150,7 +151,7 @@ def build(cfg, lay, ctx) -> TrainerData:
       fails its start-up check (:meth:`Source.check`).
     """
     topo = ctx.topology
-    train_src, sample = _train_source(cfg, topo, ctx.group_comm)
+    train_src, sample = _train_source(cfg, topo)
     eval_src = _open(cfg, cfg.input.eval_split)  # every rank evaluates its own shard of it
     spec = make_spec(cfg, lay, train_src)
     if train_src.image_shape is None:
@@ -159,4 +160,4 @@ def build(cfg, lay, ctx) -> TrainerData:
     sampler = GroupSampler(len(train_src), topo.num_groups, lay.per_rank_unique, seed=cfg.seed)
     return TrainerData(train_src, eval_src, spec, sampler, sampler.steps_per_epoch,
                        output_shape(spec.augment, sample), train_src.num_classes, cfg.input.eval_batch_size,
-                       topo, ctx.group_comm)
+                       topo)

@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from ba_dist import audit
+from ba_dist import audit, dist
 from ba_dist.data import broadcast
 from ba_dist.data.sampler import GroupSampler
 from ba_dist.data.sources import CorruptSampleError, Source
@@ -98,12 +98,13 @@ class GroupLoader:
     """
 
     def __init__(self, source: Source, sampler: GroupSampler, spec: PipelineSpec, topology,
-                 group_comm=None, start_epoch: int = 0, start_step: int = 0, num_steps: Optional[int] = None):
+                 start_epoch: int = 0, start_step: int = 0, num_steps: Optional[int] = None):
         self.source, self.sampler, self.spec, self.topo = source, sampler, spec, topology
-        # A private duplicate of the group communicator: broadcasts of this
-        # loader can never match those of another loader (e.g. one abandoned
-        # mid-epoch) that is still running in the background.
-        self.comm = group_comm.Dup() if topology.m_ranks > 1 else None
+        # A private channel (collective over the group: every rank of the group
+        # creates its loader at the same point): broadcasts of this loader can
+        # never match those of another loader (e.g. one abandoned mid-epoch)
+        # that is still running in the background.
+        self.channel = dist.group_channel() if topology.m_ranks > 1 else None
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
         self.skipped = 0
@@ -179,16 +180,16 @@ class GroupLoader:
 
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
         """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
-        mode = self.spec.broadcast if self.comm is not None else "none"
+        mode = self.spec.broadcast if self.channel is not None else "none"
         count = len(ids)
         if mode == "none" or self.topo.is_reader:
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
             if self.topo.is_reader:
                 payloads = [None if isinstance(p, Exception) else p for p in payloads]
-                broadcast.bcast_encoded(self.comm, count, ids, payloads)
+                broadcast.bcast_encoded(self.channel, count, ids, payloads)
             else:
-                ids, payloads = broadcast.bcast_encoded(self.comm, count)
+                ids, payloads = broadcast.bcast_encoded(self.channel, count)
         if mode in ("none", "encoded") or self.topo.is_reader:
             items = list(self._pool.map(self._decode, payloads, ids))
             # Labels after decoding: a source that keeps the label inside the
@@ -202,12 +203,12 @@ class GroupLoader:
                 try:
                     ids, labels, items = self._substitute(ids, labels, items, epoch, step)
                 except DataError as e:
-                    broadcast.bcast_error(self.comm, count, str(e))
+                    broadcast.bcast_error(self.channel, count, str(e))
                     raise
-                broadcast.bcast_decoded(self.comm, count, ids, labels, items, self.skipped - before)
+                broadcast.bcast_decoded(self.channel, count, ids, labels, items, self.skipped - before)
             else:
                 try:
-                    ids, labels, items, substituted = broadcast.bcast_decoded(self.comm, count)
+                    ids, labels, items, substituted = broadcast.bcast_decoded(self.channel, count)
                 except broadcast.GroupBroadcastError as e:
                     raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
                 self.skipped += substituted  # every rank of the group reports the same count
@@ -236,7 +237,7 @@ class GroupLoader:
                 continue
 
     def _run(self):
-        broadcasting = self.comm is not None and self.spec.broadcast != "none"
+        broadcasting = self.channel is not None and self.spec.broadcast != "none"
         try:
             for epoch, step, ids in self._positions():
                 if self._stop.is_set() and (self.topo.is_reader or not broadcasting):
@@ -244,9 +245,9 @@ class GroupLoader:
                 ids, labels, items = self._produce_step(epoch, step, ids)
                 self._put((epoch, step, ids, labels, items))
             if broadcasting and self.topo.is_reader:
-                broadcast.bcast_end(self.comm, self.spec.per_rank_unique)
+                broadcast.bcast_end(self.channel, self.spec.per_rank_unique)
             elif broadcasting:
-                broadcast.recv_end(self.comm, self.spec.per_rank_unique)
+                broadcast.recv_end(self.channel, self.spec.per_rank_unique)
             self._put(None)
         except broadcast.GroupEnd:
             self._put(None)  # the reader stopped (stop() was called on every rank)

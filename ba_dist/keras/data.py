@@ -191,14 +191,14 @@ def ba_dataset(dataset: tf.data.Dataset, augment: Union[str, Callable], *, per_r
                         mean=mean, std=std, seed=seed, broadcast="decoded" if broadcasting else "none")
     source = _MemorySource(dataset if (t.is_reader or not broadcasting) else None, n, onehot)
     # Only the ranks that read see the data: every rank raises the same error, or none does.
-    problems = [p for p in ctx.world_comm.allgather(source.problem) if p]
+    problems = [p for p in dist.allgather(source.problem) if p]
     if problems:
         raise ValueError(f"ba_dataset: {problems[0]}")
     shape = image_spec.shape
     image_shape = (tuple(shape) + ((1,) if shape.rank == 2 else ())) if shape.is_fully_defined() else None
 
     def stream(with_ids: bool):
-        loader = GroupLoader(source, sampler, spec, t, ctx.group_comm)  # until stop()
+        loader = GroupLoader(source, sampler, spec, t)  # until stop()
         elements = loader_elements(loader, per_rank_unique, image_shape)
         return ba_batches(elements, augment_fn, spec, t.rank, num_classes, with_ids=with_ids, onehot=onehot), loader
 

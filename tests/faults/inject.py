@@ -46,9 +46,9 @@ def _kill_in_broadcast(fault_dir: Path, after: str) -> None:
     from ba_dist.data import broadcast
     receive = broadcast._recv_header  # bcast_decoded looks it up at call time
 
-    def header_then_die(comm, count):
+    def header_then_die(channel, count):
         try:
-            header = receive(comm, count)
+            header = receive(channel, count)
         except broadcast.GroupEnd:
             # the loader finished every step before the trigger: wait for it
             # here (training still consumes the queue), then die

@@ -30,7 +30,7 @@ def _loader(ctx, src, mode="decoded", n_epochs=1, seed=3, **kw):
     sampler = GroupSampler(len(src), t.num_groups, B_PER_RANK, seed=seed)
     spec = data_loader.PipelineSpec(per_rank_unique=B_PER_RANK, m_local=M_LOCAL, augment="digits",
                                  broadcast=mode, seed=seed, **kw)
-    return data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm,
+    return data_loader.GroupLoader(src, sampler, spec, t,
                                 num_steps=n_epochs * sampler.steps_per_epoch), sampler, spec
 
 
@@ -159,7 +159,7 @@ def test_corrupt_samples_skipped_in_lockstep(ctx, damaged_data, kind):
                              **extra)
     sampler = GroupSampler(len(src), t.num_groups, 4, seed=1)
     spec = data_loader.PipelineSpec(per_rank_unique=4, m_local=M_LOCAL, broadcast="decoded", on_corrupt="skip", seed=1)
-    loader = data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=sampler.steps_per_epoch)
+    loader = data_loader.GroupLoader(src, sampler, spec, t, num_steps=sampler.steps_per_epoch)
     steps = _run_all(loader)
     everyone = _gather(ctx, (steps, loader.skipped))
     for r in t.group_ranks:  # identical substituted ids and counts inside the group
@@ -193,7 +193,7 @@ def test_corrupt_sample_error_policy_names_the_file(ctx, damaged_data):
     sampler = GroupSampler(len(src), t.num_groups, len(src) // t.num_groups, seed=1)
     spec = data_loader.PipelineSpec(per_rank_unique=len(src) // t.num_groups, broadcast="decoded",
                                  on_corrupt="error", seed=1)
-    loader = data_loader.GroupLoader(src, sampler, spec, t, ctx.group_comm, num_steps=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, t, num_steps=1)
     mine = {src.describe(int(i)) for i in sampler.epoch_ids(0, t.group_id)[0]}
     damaged = {w for w in mine if w.endswith(("class0/img3.jpg", "class1/img5.jpg"))}
     if damaged:  # every rank of the group stops, naming the reader's file
