@@ -26,7 +26,7 @@ The weight-decay term is the same on every rank and cancels.
 
 Usage (rank 0 only; the values are identical on all ranks)::
 
-    callbacks.append(GradStatsLogger(workdir, every=10, world_size=hvd.size()))
+    callbacks.append(GradStatsLogger(workdir, every=10, world_size=ctx.size))
 
 writes ``<workdir>/grad_norm.jsonl`` rows ``{"step", "grad_norm", "grad_var",
 "grad_var_of_mean"}`` (``step`` = optimizer steps completed, as in
