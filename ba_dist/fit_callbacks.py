@@ -4,7 +4,7 @@ Not to be confused with :mod:`ba_dist.keras.callbacks`, the public face for
 users' own ``model.fit``. :meth:`ba_dist.fit.FitLoop.callbacks` puts these in
 the order they must run at the end of an epoch::
 
-    StateTracker -> MetricAverage (Horovod) -> [task's, e.g. stream reset] -> EvalCallback
+    StateTracker -> MetricAverage (dist.allreduce_sum) -> [task's, e.g. stream reset] -> EvalCallback
     -> Throughput -> EpochFields -> MetricsLogger (rank 0) -> [task's rank-0 ones]
     -> CheckpointCallback -> StopControl
 
