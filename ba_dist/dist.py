@@ -15,6 +15,13 @@ communicates through the small collective API at the end of this module:
     group_channel()              a private channel of the BA group (reader = root) for
                                  the input pipeline's buffer broadcasts
 
+The MPI-only calls (``allreduce_max``, ``broadcast_object``, ``gather_to_chief``,
+``barrier``) also work before :func:`init`, over MPI_COMM_WORLD: the preflight
+runs before Horovod starts. It asks about the build through
+:func:`horovod_build`, :func:`mpi_thread_level` and :func:`node_local_size`.
+No other module imports horovod or mpi4py (``tests/test_dist.py``;
+the thin Keras face ``ba_dist.keras`` is the public exception).
+
 BA topology, for a world of ``N`` ranks and multiplicity ``M = m_ranks x m_local``::
 
     groups        N / m_ranks groups of m_ranks CONSECUTIVE ranks
@@ -63,6 +70,9 @@ __all__ = [
     "barrier",
     "GroupChannel",
     "group_channel",
+    "horovod_build",
+    "mpi_thread_level",
+    "node_local_size",
 ]
 
 
@@ -155,6 +165,47 @@ def make_topology(rank: int, world_size: int, m_ranks: int = 1, m_local: int = 1
     return Topology(rank, world_size, m_ranks, m_local, local_rank, local_size)
 
 
+def _node_rank_and_size(world) -> tuple[int, int]:
+    """(rank, size) among the ranks of ``world`` that share this node (collective over ``world``)."""
+    from mpi4py import MPI
+    local = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.Get_rank())
+    try:
+        return local.Get_rank(), local.Get_size()
+    finally:
+        local.Free()
+
+
+def node_local_size() -> int:
+    """Ranks of the job on this node. Collective over all ranks; works before :func:`init`."""
+    return _node_rank_and_size(_world())[1]
+
+
+def horovod_build() -> dict:
+    """Horovod's version and build (``horovodrun --check-build``), without starting Horovod.
+
+    Returns:
+      ``{"version": str, "TensorFlow": bool, "MPI": bool, "Gloo": bool, "NCCL": bool}``.
+    """
+    import horovod
+    import horovod.tensorflow as hvd
+    from horovod.common.util import extension_available
+    return {"version": horovod.__version__, "TensorFlow": bool(extension_available("tensorflow")),
+            "MPI": bool(hvd.mpi_built()), "Gloo": bool(hvd.gloo_built()), "NCCL": bool(hvd.nccl_built())}
+
+
+def mpi_thread_level() -> tuple[str, bool, str]:
+    """``(level name, is MPI_THREAD_MULTIPLE, MPI library)`` that MPI granted this process.
+
+    The group loader broadcasts in a thread while Horovod's background thread
+    also calls MPI, so anything below ``MULTIPLE`` cannot work.
+    """
+    from mpi4py import MPI
+    names = {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED", MPI.THREAD_SERIALIZED: "SERIALIZED",
+             MPI.THREAD_MULTIPLE: "MULTIPLE"}
+    level = MPI.Query_thread()
+    return names.get(level, str(level)), level >= MPI.THREAD_MULTIPLE, MPI.Get_library_version().splitlines()[0].strip()
+
+
 def world_rank_and_size() -> tuple[int, int]:
     """(rank, size) of MPI_COMM_WORLD; (0, 1) for a plain process outside mpirun."""
     from mpi4py import MPI  # initialises MPI; a singleton process is rank 0 of 1
@@ -167,7 +218,7 @@ class Context:
     """A live BA topology: the :class:`Topology` plus the handles this module uses.
 
     Code outside this module uses ``topology`` and the collective functions
-    below, not the handles.
+    below, not the handles (tests may inspect them).
 
     Attributes:
       topology: the rank's place in the layout.
@@ -266,9 +317,7 @@ def init(m_ranks: int = 1, m_local: int = 1, *, pin_gpu: bool = True,
         rank, size = world.Get_rank(), world.Get_size()
         validate_topology(size, m_ranks, m_local)  # before any collective
 
-        local = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
-        local_rank, local_size = local.Get_rank(), local.Get_size()
-        local.Free()
+        local_rank, local_size = _node_rank_and_size(world)
         topo = make_topology(rank, size, m_ranks, m_local, local_rank, local_size)
         if abort_on_error:
             _install_abort_hook(size)
@@ -319,8 +368,9 @@ def allreduce_mean(tensors: Sequence[Any], *, name: Optional[str] = None, fp16: 
     """Average of each tensor over all ranks, as one grouped allreduce.
 
     Works eagerly and inside ``tf.function`` (the training step). ``None``
-    entries (variables without a gradient) stay ``None``; one rank returns the
-    tensors as they are.
+    entries (variables without a gradient) stay ``None``; ``tf.IndexedSlices``
+    are made dense first (one allreduce instead of Horovod's two allgathers);
+    one rank returns the tensors as they are.
 
     Args:
       tensors: tensors of any shapes (typically this rank's gradients).
@@ -332,6 +382,9 @@ def allreduce_mean(tensors: Sequence[Any], *, name: Optional[str] = None, fp16: 
     if ctx.size == 1:
         return out
     hvd = ctx.hvd
+    import tensorflow as tf
+    # sparse gradients (embeddings) go dense: one allreduce, as sparse_as_dense=True
+    out = [tf.convert_to_tensor(t) if isinstance(t, tf.IndexedSlices) else t for t in out]
     present = [i for i, t in enumerate(out) if t is not None]
     compression = hvd.Compression.fp16 if fp16 else hvd.Compression.none
     reduced = hvd.grouped_allreduce([out[i] for i in present], op=hvd.Average, compression=compression,
@@ -357,13 +410,21 @@ def allreduce_sum(value: Any, *, name: Optional[str] = None) -> Any:
     return ctx.hvd.allreduce(tf.constant(arr), op=ctx.hvd.Sum, name=name).numpy()
 
 
+def _world():
+    """MPI_COMM_WORLD (the context's, or MPI's own before :func:`init`)."""
+    if _CONTEXT is not None:
+        return _CONTEXT.world_comm
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
 def allreduce_max(value: float) -> float:
     """Maximum of a host number over all ranks (e.g. the slowest rank's time)."""
-    ctx = context()
-    if ctx.size == 1:
+    comm = _world()
+    if comm.Get_size() == 1:
         return float(value)
     from mpi4py import MPI
-    return float(ctx.world_comm.allreduce(float(value), op=MPI.MAX))
+    return float(comm.allreduce(float(value), op=MPI.MAX))
 
 
 def broadcast_from_chief(variables: Sequence[Any]) -> None:
@@ -375,14 +436,14 @@ def broadcast_from_chief(variables: Sequence[Any]) -> None:
 
 def broadcast_object(obj: Any = None) -> Any:
     """Rank 0's ``obj`` (picklable) on every rank; other ranks' arguments are ignored."""
-    ctx = context()
-    return obj if ctx.size == 1 else ctx.world_comm.bcast(obj, root=0)
+    comm = _world()
+    return obj if comm.Get_size() == 1 else comm.bcast(obj, root=0)
 
 
 def gather_to_chief(obj: Any) -> Optional[list]:
     """Every rank's ``obj`` as a list in rank order on rank 0; ``None`` elsewhere."""
-    ctx = context()
-    return [obj] if ctx.size == 1 else ctx.world_comm.gather(obj, root=0)
+    comm = _world()
+    return [obj] if comm.Get_size() == 1 else comm.gather(obj, root=0)
 
 
 def allgather(obj: Any) -> list:
@@ -393,9 +454,9 @@ def allgather(obj: Any) -> list:
 
 def barrier() -> None:
     """Return on every rank only once every rank has called it."""
-    ctx = context()
-    if ctx.size > 1:
-        ctx.world_comm.Barrier()
+    comm = _world()
+    if comm.Get_size() > 1:
+        comm.Barrier()
 
 
 class GroupChannel:

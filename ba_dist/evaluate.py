@@ -89,7 +89,7 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     from ba_dist import config as config_lib
     from ba_dist import dist
     ctx = dist.init(m_ranks=1, m_local=1)
-    rank, world, hvd = ctx.rank, ctx.size, ctx.hvd
+    rank, world = ctx.rank, ctx.size
     import tensorflow as tf
     if cfg.train.mixed_precision:
         tf.keras.mixed_precision.set_global_policy("mixed_float16")
@@ -121,10 +121,10 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
                         per_rank_batch=_per_rank_batch(meta.get("layout"), cfg))
         except (EvalError, CheckpointError) as e:
             info = dict(error=str(e))
-    info = ctx.world_comm.bcast(info, root=0)
+    info = dist.broadcast_object(info)
     if "error" in info:
         raise EvalError(info["error"])
-    hvd.broadcast_variables(net.variables, root_rank=0)
+    dist.broadcast_from_chief(net.variables)
     _say(rank, f"{cfg.model.name} from {info['path']} (epoch {info['epoch']}, step {info['global_step']}) "
                f"on {src.name}/{cfg.input.eval_split}: {len(src)} samples over {world} rank(s), input {in_shape}")
     if precise_bn:
@@ -134,11 +134,11 @@ def evaluate(workdir: str, checkpoint: str = "latest", tta: int = 0, batch_size:
     per_rank = batch_size or cfg.input.eval_batch_size
     ds, _ = make_eval_dataset(src, spec, rank, world, per_rank, src.image_shape)
     out = dict(workdir=str(workdir), checkpoint=info, world_size=world,
-               single_crop=dict(train_step.evaluate_sharded(net, ds, hvd, src.num_classes), transform=spec.eval_transform))
+               single_crop=dict(train_step.evaluate_sharded(net, ds, src.num_classes), transform=spec.eval_transform))
     if tta:
         # per_rank images per forward pass: per_rank // tta samples of tta copies
         ds, _ = make_eval_dataset(src, spec, rank, world, max(1, per_rank // tta), src.image_shape, tta=tta)
-        out["tta"] = dict(train_step.evaluate_sharded(net, ds, hvd, src.num_classes), copies=tta, augment=spec.augment)
+        out["tta"] = dict(train_step.evaluate_sharded(net, ds, src.num_classes), copies=tta, augment=spec.augment)
         err1, errt = 1 - out["single_crop"]["val_top1"], 1 - out["tta"]["val_top1"]
         out["tta"]["error_reduction"] = (err1 - errt) / err1 if err1 > 0 else 0.0
     return out

@@ -4,7 +4,7 @@ Not to be confused with :mod:`ba_dist.keras.callbacks`, the public face for
 users' own ``model.fit``. :meth:`ba_dist.fit.FitLoop.callbacks` puts these in
 the order they must run at the end of an epoch::
 
-    StateTracker -> MetricAverage (Horovod) -> [task's, e.g. stream reset] -> EvalCallback
+    StateTracker -> MetricAverage (dist.allreduce_sum) -> [task's, e.g. stream reset] -> EvalCallback
     -> Throughput -> EpochFields -> MetricsLogger (rank 0) -> [task's rank-0 ones]
     -> CheckpointCallback -> StopControl
 
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from ba_dist.fit import REQUEUE_EXIT_CODE, STOP_SIGNALS, take_early_signal
@@ -91,10 +92,27 @@ class StateTracker(tf.keras.callbacks.Callback):
         self.state.epoch_offset = 0
 
 
+class MetricAverage(tf.keras.callbacks.Callback):
+    """Replaces every number in the epoch's logs by its mean over ranks (equal local batches: exact).
+
+    One ``dist.allreduce_sum`` of all values, in sorted key order (every rank
+    has the same keys). Values that are already global (evaluation results)
+    come back unchanged.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        from ba_dist import dist
+        if not logs or dist.context().size == 1:
+            return
+        keys = sorted(k for k, v in logs.items() if isinstance(v, (int, float, np.number, np.ndarray, tf.Tensor)))
+        sums = dist.allreduce_sum([float(logs[k]) for k in keys], name="ba_epoch_logs")
+        for k, total in zip(keys, sums):
+            logs[k] = float(total) / dist.context().size
+
+
 def metric_average() -> tf.keras.callbacks.Callback:
-    """Horovod's average of the epoch's train metrics over ranks (equal local batches: exact)."""
-    import horovod.tensorflow.keras as hvd_keras
-    return hvd_keras.callbacks.MetricAverageCallback()
+    """The callback averaging the epoch's train metrics over ranks (:class:`MetricAverage`)."""
+    return MetricAverage()
 
 
 class EvalCallback(tf.keras.callbacks.Callback):

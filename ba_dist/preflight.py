@@ -11,7 +11,8 @@ fixes. ba-train runs it first thing (so every sbatch template does, on every nod
 
 It runs before ``dist.init`` on purpose (a Horovod or MPI that cannot work is among the things
 it checks, and no rank should be left waiting in Horovod's start-up for one that failed), so
-it queries MPI_COMM_WORLD through mpi4py itself, as ``dist.world_rank_and_size`` does.
+it uses only what ``ba_dist.dist`` offers before ``dist.init``: the build queries
+(``horovod_build``, ``mpi_thread_level``, ``node_local_size``) and the MPI-only collectives.
 
 Checks:
   * Python, TensorFlow, Horovod versions; Horovod built with TensorFlow (``[X] TensorFlow``
@@ -70,12 +71,11 @@ class Report:
 
 def _versions(r: Report, expect_gpus: bool) -> None:
     import tensorflow as tf
-    from horovod.common.util import extension_available
-    import horovod
-    import horovod.tensorflow as hvd
-    built = {"TensorFlow": extension_available("tensorflow"), "MPI": hvd.mpi_built(), "Gloo": hvd.gloo_built(),
-             "NCCL": hvd.nccl_built(), "CUDA (TF)": tf.test.is_built_with_cuda()}
-    r.info.append(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Horovod {horovod.__version__}: "
+    from ba_dist import dist
+    built = dist.horovod_build()
+    version = built.pop("version")
+    built["CUDA (TF)"] = tf.test.is_built_with_cuda()
+    r.info.append(f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Horovod {version}: "
                   + ", ".join(f"[{'X' if v else ' '}] {k}" for k, v in built.items()))
     if not built["TensorFlow"]:
         r.fail("Horovod was built without TensorFlow support ([ ] TensorFlow)",
@@ -132,15 +132,12 @@ def _gpus(r: Report, local_size: int) -> None:
 
 
 def _mpi_threads(r: Report) -> None:
-    from mpi4py import MPI
-    names = {MPI.THREAD_SINGLE: "SINGLE", MPI.THREAD_FUNNELED: "FUNNELED", MPI.THREAD_SERIALIZED: "SERIALIZED",
-             MPI.THREAD_MULTIPLE: "MULTIPLE"}
-    level = MPI.Query_thread()
-    library = MPI.Get_library_version().splitlines()[0].strip()
-    r.info.append(f"MPI: {library}; thread level MPI_THREAD_{names.get(level, level)}")
-    if level < MPI.THREAD_MULTIPLE:
+    from ba_dist import dist
+    level, multiple, library = dist.mpi_thread_level()
+    r.info.append(f"MPI: {library}; thread level MPI_THREAD_{level}")
+    if not multiple:
         cray = "cray" in library.lower() or "CRAY_MPICH_VERSION" in os.environ
-        r.fail(f"MPI grants MPI_THREAD_{names.get(level, level)}, but the group loader (mpi4py, in a thread) and "
+        r.fail(f"MPI grants MPI_THREAD_{level}, but the group loader (mpi4py, in a thread) and "
                "Horovod's background thread both call MPI: MPI_THREAD_MULTIPLE is needed",
                "export MPICH_MAX_THREAD_SAFETY=multiple (Cray MPICH; the site block of slurm/common.sh sets it)"
                if cray else "use an MPI built with thread support (OpenMPI: ompi_info | grep -i thread shows "
@@ -225,16 +222,12 @@ def run(cfg, lay) -> None:
 
     Call before the input pipeline exists (ba-train does, right after the layout is known).
     """
-    from mpi4py import MPI
-    world = MPI.COMM_WORLD
-    local = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
-    local_size = local.Get_size()
-    local.Free()
-    r = check(cfg, lay, local_size)
-    reports = world.gather((world.rank, r.failures), root=0) if world.size > 1 else [(0, r.failures)]
-    failed = world.bcast(any(f for _, f in reports) if world.rank == 0 else None, root=0) if world.size > 1 \
-        else bool(r.failures)
-    if world.rank == 0:
+    from ba_dist import dist
+    rank, size = dist.world_rank_and_size()
+    r = check(cfg, lay, dist.node_local_size())
+    reports = dist.gather_to_chief((rank, r.failures))
+    failed = dist.broadcast_object(any(f for _, f in reports) if rank == 0 else None)
+    if rank == 0:
         for line in r.info:
             print(f"[ba-train] preflight: {line}", flush=True)
         by_failure: dict = {}
@@ -242,10 +235,10 @@ def run(cfg, lay) -> None:
             for f in failures:
                 by_failure.setdefault(f, []).append(rank)
         for f, ranks in by_failure.items():
-            where = "every rank" if len(ranks) == world.size else f"rank(s) {', '.join(map(str, ranks[:16]))}" \
+            where = "every rank" if len(ranks) == size else f"rank(s) {', '.join(map(str, ranks[:16]))}" \
                 + (" ..." if len(ranks) > 16 else "")
             print(f"[ba-train] preflight FAILED on {where}: {f}", file=sys.stderr, flush=True)
-        print(f"[ba-train] preflight: {'FAILED, exit 2' if failed else 'ok'} ({world.size} rank(s) checked)",
+        print(f"[ba-train] preflight: {'FAILED, exit 2' if failed else 'ok'} ({size} rank(s) checked)",
               file=sys.stderr if failed else sys.stdout, flush=True)
     if failed:
         raise PreflightFailed()

@@ -67,7 +67,7 @@ class ImageTask(fit.Task):
         return fit.Plan(self.data.steps_per_epoch, cfg.train.epochs, cfg.train.max_steps)
 
     def build(self) -> fit.Parts:
-        cfg, lay, hvd = self.cfg, self.lay, self.ctx.hvd
+        cfg, lay = self.cfg, self.lay
         import tensorflow as tf
         from ba_dist import optim, train_step
         spe = self.data.steps_per_epoch
@@ -77,9 +77,8 @@ class ImageTask(fit.Task):
         inner = opt = optim.make_optimizer(schedule, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
         if cfg.train.mixed_precision:
             opt = tf.keras.mixed_precision.LossScaleOptimizer(inner)
-        compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
-        model = train_step.BATrainModel(self.net, hvd, cfg.optim.weight_decay, cfg.optim.decay_biases,
-                                        cfg.optim.label_smoothing, compression,
+        model = train_step.BATrainModel(self.net, cfg.optim.weight_decay, cfg.optim.decay_biases,
+                                        cfg.optim.label_smoothing, cfg.optim.grad_compression,
                                         auxiliary_weight=cfg.model.auxiliary_weight,
                                         grad_clip_norm=cfg.optim.grad_clip_norm)
         model.compile(optimizer=opt)
@@ -126,7 +125,7 @@ class ImageTask(fit.Task):
 
     def evaluate(self, state) -> dict:
         from ba_dist import train_step
-        return train_step.evaluate_sharded(self.net, self.data.eval_dataset(), self.ctx.hvd,
+        return train_step.evaluate_sharded(self.net, self.data.eval_dataset(),
                                            self.data.eval_source.num_classes)
 
     def best_metric(self, logs: dict):

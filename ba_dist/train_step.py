@@ -29,43 +29,46 @@ Gradient statistics of the last step (read by ``ba_dist.analysis.gradstats``):
 the N per-rank gradients around their mean (0 on one rank, and exactly 0 when
 every rank computed the same gradient). It costs one extra scalar in the flags
 allreduce, which is why the step averages the gradients itself instead of
-through ``hvd.DistributedGradientTape`` (that tape never exposes ``g_r``).
+through Horovod's ``DistributedGradientTape`` (that tape never exposes ``g_r``).
+All communication goes through :mod:`ba_dist.dist`'s collective API.
 """
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 import tensorflow as tf
 
-from ba_dist import optim
+from ba_dist import dist, optim
 
 __all__ = ["BATrainModel", "evaluate_sharded", "main_logits"]
 
 
 class BATrainModel(tf.keras.Model):
-    """``net`` plus the Horovod-averaged training step.
+    """``net`` plus the rank-averaged training step (``dist.allreduce_mean``).
 
     Args:
       net: the network (logits out).
-      hvd: initialised ``horovod.tensorflow`` module.
       weight_decay: coupled L2 on every decayed variable (not BN parameters).
       decay_biases: include biases in weight decay.
       label_smoothing: for the cross-entropy.
-      compression: ``hvd.Compression.none`` or ``.fp16``.
+      grad_compression: ``"none"`` or ``"fp16"`` (gradients travel as float16).
       auxiliary_weight: weight ``a`` of the auxiliary classifier's cross-entropy; the
         network then outputs ``[logits, aux_logits]`` (DARTS: 0.4). 0: a single output.
       grad_clip_norm: clip the averaged loss gradient to this global norm (DARTS: 5); 0: off.
     """
 
-    def __init__(self, net: tf.keras.Model, hvd, weight_decay: float = 0.0, decay_biases: bool = True,
-                 label_smoothing: float = 0.0, compression=None, auxiliary_weight: float = 0.0,
+    def __init__(self, net: tf.keras.Model, weight_decay: float = 0.0, decay_biases: bool = True,
+                 label_smoothing: float = 0.0, grad_compression: str = "none", auxiliary_weight: float = 0.0,
                  grad_clip_norm: float = 0.0):
         super().__init__(name="ba_train")
         self.net = net
-        self.hvd = hvd
         self.weight_decay = weight_decay
         self.decayed = optim.decayed_variables(net, decay_biases=decay_biases) if weight_decay > 0 else []
         self.loss_fn = tf.keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-        self.compression = compression if compression is not None else hvd.Compression.none
+        if grad_compression not in ("none", "fp16"):
+            raise ValueError(f"grad_compression must be 'none' or 'fp16', got {grad_compression!r}")
+        self.fp16_grads = grad_compression == "fp16"
         self.auxiliary_weight = float(auxiliary_weight)
         self.grad_clip_norm = float(grad_clip_norm)
         # Set from Python (signal handler); read inside the step and reduced over ranks.
@@ -117,20 +120,20 @@ class BATrainModel(tf.keras.Model):
         opt = self.optimizer
         mixed = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
         logits, loss, local = self.local_gradients(x, y)
-        # Horovod: average over all ranks, as hvd.DistributedGradientTape would
+        # average over all ranks, as Horovod's DistributedGradientTape would
         # (same compression; scaled gradients travel, so fp16 cannot underflow).
-        grads = self._allreduce_mean(local)
+        grads = dist.allreduce_mean(local, fp16=self.fp16_grads)
         local_sq = _sum_of_squares(local)
         if mixed:
             grads = opt.get_unscaled_gradients(grads)
             local_sq = local_sq / tf.square(tf.cast(opt.loss_scale, tf.float32))
-        flags = self.hvd.allreduce(tf.stack([loss, self.stop_request, local_sq]), op=self.hvd.Sum,
-                                   name="ba_flags")
+        flags = dist.allreduce_sum(tf.stack([loss, self.stop_request, local_sq]), name="ba_flags")
+        world = float(dist.context().size)
         grad_sq = _sum_of_squares(grads)
         grad_norm = tf.sqrt(grad_sq)
         self.step_grad_norm.assign(grad_norm)
         # max(): mean_r |g_r|^2 >= |mean_r g_r|^2 holds exactly, float rounding can dip below it
-        self.step_grad_var.assign(tf.maximum(flags[2] / self.hvd.size() - grad_sq, 0.0))
+        self.step_grad_var.assign(tf.maximum(flags[2] / world - grad_sq, 0.0))
         finite = tf.math.is_finite(flags[0])
         if not mixed:  # under loss scaling the optimizer itself skips non-finite steps
             finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
@@ -147,7 +150,7 @@ class BATrainModel(tf.keras.Model):
         # A non-finite step must not touch the weights: the run stops on it and
         # the last good state is what a checkpoint or a post-mortem sees.
         tf.cond(finite, apply, lambda: tf.constant(False))
-        self.trackers["loss"].update_state(flags[0] / self.hvd.size())
+        self.trackers["loss"].update_state(flags[0] / world)
         self.trackers["grad_norm"].update_state(tf.where(tf.math.is_finite(grad_norm), grad_norm, 0.0))
         self.top1.update_state(y, logits)
         return {m.name: m.result() for m in self.metrics}
@@ -159,18 +162,6 @@ class BATrainModel(tf.keras.Model):
         decayed = {v.ref() for v in self.decayed}
         return [(self.weight_decay * v if g is None else tf.convert_to_tensor(g) + self.weight_decay * v)
                 if v.ref() in decayed else g for g, v in zip(grads, tvars)]
-
-    def _allreduce_mean(self, grads):
-        """Horovod: average of every rank's gradients (None stays None; one rank: as is)."""
-        if self.hvd.size() == 1:
-            return list(grads)
-        present = [i for i, g in enumerate(grads) if g is not None]
-        reduced = self.hvd.grouped_allreduce([grads[i] for i in present], op=self.hvd.Average,
-                                             compression=self.compression)
-        out = list(grads)
-        for i, g in zip(present, reduced):
-            out[i] = g
-        return out
 
 
 def main_logits(out):
@@ -185,7 +176,41 @@ def _sum_of_squares(grads) -> tf.Tensor:
     return tf.add_n(parts) if parts else tf.constant(0.0)
 
 
-def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dict:
+# One compiled evaluation step per (network, class count), built on first use:
+# a fresh tf.function per call would retrace at every end-of-epoch evaluation.
+_EVAL_STEPS: "weakref.WeakKeyDictionary[tf.keras.Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def _eval_step(net: tf.keras.Model, num_classes: int):
+    """The cached ``tf.function`` computing one batch's weighted ``[loss, top1, top5, count]`` sums."""
+    per_net = _EVAL_STEPS.setdefault(net, {})
+    if num_classes in per_net:
+        return per_net[num_classes]
+    ref = weakref.ref(net)  # the cache must not keep the network alive
+    k = min(5, num_classes)
+
+    @tf.function
+    def step(x, y, w):
+        model = ref()
+        if x.shape.rank == 5:
+            copies = tf.shape(x)[1]
+            logits = tf.cast(main_logits(model(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)),
+                                               training=False)), tf.float32)
+            probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [-1, copies, num_classes]), axis=1)
+            # log of the averaged softmax acts as logits: softmax(log p) = p
+            logits = tf.math.log(tf.maximum(probs, 1e-30))
+        else:
+            logits = tf.cast(main_logits(model(x, training=False)), tf.float32)
+        loss = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        top1 = tf.cast(tf.equal(tf.argmax(logits, -1), y), tf.float32)
+        top5 = tf.cast(tf.nn.in_top_k(y, logits, k), tf.float32)
+        return tf.stack([tf.reduce_sum(loss * w), tf.reduce_sum(top1 * w), tf.reduce_sum(top5 * w), tf.reduce_sum(w)])
+
+    per_net[num_classes] = step
+    return step
+
+
+def evaluate_sharded(net: tf.keras.Model, dataset, num_classes: int) -> dict:
     """Exact evaluation over a dataset sharded across ranks.
 
     Each rank sums ``loss * w``, ``correct@1 * w``, ``correct@5 * w`` and ``w``
@@ -201,34 +226,18 @@ def evaluate_sharded(net: tf.keras.Model, dataset, hvd, num_classes: int) -> dic
     Samples the dataset could not load (its ``eval_problems``) have weight 0;
     their count is reduced with the sums: reported as ``val_skipped``, or under
     ``on_corrupt='error'`` raised on every rank as ``DataSourceError`` naming the first.
+    The step is compiled once per network and reused by every later call.
     """
     problems = getattr(dataset, "eval_problems", None)
     sums = np.zeros(5, np.float64)
-    k = min(5, num_classes)
-
-    @tf.function
-    def step(x, y, w):
-        if x.shape.rank == 5:
-            copies = tf.shape(x)[1]
-            logits = tf.cast(main_logits(net(tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0)), training=False)),
-                             tf.float32)
-            probs = tf.reduce_mean(tf.reshape(tf.nn.softmax(logits), [-1, copies, num_classes]), axis=1)
-            # log of the averaged softmax acts as logits: softmax(log p) = p
-            logits = tf.math.log(tf.maximum(probs, 1e-30))
-        else:
-            logits = tf.cast(main_logits(net(x, training=False)), tf.float32)
-        loss = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        top1 = tf.cast(tf.equal(tf.argmax(logits, -1), y), tf.float32)
-        top5 = tf.cast(tf.nn.in_top_k(y, logits, k), tf.float32)
-        return tf.stack([tf.reduce_sum(loss * w), tf.reduce_sum(top1 * w), tf.reduce_sum(top5 * w), tf.reduce_sum(w)])
-
+    step = _eval_step(net, num_classes)
     for x, y, w in dataset:
         sums[:4] += step(x, y, w).numpy()
     sums[4] = len(problems.bad) if problems else 0
-    total = hvd.allreduce(tf.constant(sums), op=hvd.Sum, name="ba_eval_sums").numpy()
+    total = dist.allreduce_sum(sums, name="ba_eval_sums")
     if total[4] and problems and problems.on_corrupt == "error":
         from ba_dist.data.sources import DataSourceError
-        first = next(b for bad in hvd.allgather_object(problems.bad) for b in bad)
+        first = next(b for bad in dist.allgather(problems.bad) for b in bad)
         raise DataSourceError(problems.error_message(first, int(total[4])))
     n = max(total[3], 1.0)
     return {"val_loss": total[0] / n, "val_top1": total[1] / n, "val_top5": total[2] / n, "val_count": int(total[3]),

@@ -54,9 +54,9 @@ WORKER = textwrap.dedent("""
     tf.keras.utils.set_random_seed(0)
     spec = data_build.make_spec(cfg, SimpleNamespace(per_rank_unique=1, m_local=1), src)
     net = train.build_net(cfg, src.num_classes, data_build.input_shape(spec, src))
-    hvd.broadcast_variables(net.variables, root_rank=0)
+    dist.broadcast_from_chief(net.variables)
     opt = optim.make_optimizer(0.05)
-    model = train_step.BATrainModel(net, hvd, weight_decay=5e-4)
+    model = train_step.BATrainModel(net, weight_decay=5e-4)
     model.compile(optimizer=opt)
 
     def batch(first):
@@ -86,7 +86,7 @@ WORKER = textwrap.dedent("""
         (wd / "config.json").write_text(config_lib.to_json(cfg))
         CheckpointManager(wd / "checkpoints").save(tf.train.Checkpoint(net=net, optimizer=opt),
                                                    {"epoch": 1, "step_in_epoch": 0, "global_step": 5})
-    ctx.world_comm.Barrier()
+    dist.barrier()
     res["grad_corr_exit"] = cli.main(["grad-corr", "--workdir", str(wd), "--n", "6", "--eval-samples", "64"])
     (out / f"rank{rank}.json").write_text(json.dumps(res))
 """)
@@ -218,10 +218,10 @@ def test_variance_of_mean():
 # ---------------------------------------------------------------------------- throughput
 def test_throughput_imagenet_shaped_every_batch_size():
     from ba_dist import dist
-    ctx = dist.init()
+    dist.init()
     spec = tp.BenchSpec("mobilenet_v1", image_size=64, num_classes=1000, repeats=2, steps=1,
                         min_images=0, warmup=1)
-    rows = tp.sweep(spec, [1, 2], ctx.hvd, ctx.world_comm)
+    rows = tp.sweep(spec, [1, 2])
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert all(r["images_per_sec"] > 0 and len(r["values"]) == 2 and r["std"] >= 0 for r in rows)
     table = tp.markdown_throughput(rows, spec)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ba_dist import evaluate, train_step
+from ba_dist import dist, evaluate, train_step
 from ba_dist.data.arrays import SyntheticSource
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import PipelineSpec
@@ -16,14 +16,10 @@ BA_TRAIN = [PYTHON, "-m", "ba_dist.train"]
 BA_EVAL = [PYTHON, "-m", "ba_dist.evaluate"]
 
 
-class OneRank:
-    """The slice of ``horovod.tensorflow`` evaluate_sharded uses, for a world of one."""
-
-    Sum = "sum"
-
-    @staticmethod
-    def allreduce(t, op=None, name=None):
-        return t
+@pytest.fixture(autouse=True, scope="module")
+def one_rank():
+    """A world of one (a plain process is rank 0 of 1): evaluate_sharded reduces through ba_dist.dist."""
+    dist.init()
 
 
 def test_tta_averages_the_softmax_over_copies():
@@ -36,7 +32,7 @@ def test_tta_averages_the_softmax_over_copies():
     labels = np.array([0, 1, 2, 1, 0])
     weights = np.array([1, 1, 1, 1, 0], np.float32)                      # the last one is padding
     ds = tf.data.Dataset.from_tensor_slices((logits.reshape(5, 4, 1, 1, 3), labels, weights)).batch(2)
-    out = train_step.evaluate_sharded(net, ds, OneRank, num_classes=3)
+    out = train_step.evaluate_sharded(net, ds, num_classes=3)
 
     p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     mean = p.mean(1)[:4]
@@ -50,11 +46,23 @@ def test_single_copy_tta_equals_plain_evaluation_of_the_same_images():
     net = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(1, 1, 3))])
     x = np.random.default_rng(1).normal(size=(6, 1, 1, 3)).astype(np.float32)
     y, w = np.array([0, 1, 2, 0, 1, 2]), np.ones(6, np.float32)
-    plain = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x, y, w)).batch(4), OneRank, 3)
-    tta1 = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x[:, None], y, w)).batch(4), OneRank, 3)
+    plain = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x, y, w)).batch(4), 3)
+    tta1 = train_step.evaluate_sharded(net, tf.data.Dataset.from_tensor_slices((x[:, None], y, w)).batch(4), 3)
     for k in ("val_top1", "val_top5", "val_count"):
         assert plain[k] == tta1[k]
     assert plain["val_loss"] == pytest.approx(tta1["val_loss"], rel=1e-5)
+
+
+def test_the_evaluation_step_is_traced_once_per_network():
+    # an end-of-epoch evaluation must reuse the compiled step (no retracing every epoch)
+    net = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(1, 1, 3))])
+    x = np.random.default_rng(2).normal(size=(8, 1, 1, 3)).astype(np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, np.arange(8) % 3, np.ones(8, np.float32))).batch(4)
+    first = train_step.evaluate_sharded(net, ds, 3)
+    assert train_step.evaluate_sharded(net, ds, 3) == first
+    assert train_step._eval_step(net, 3).experimental_get_tracing_count() == 1
+    other = tf.keras.Sequential([tf.keras.layers.Flatten(input_shape=(1, 1, 3))])
+    assert train_step._eval_step(other, 3) is not train_step._eval_step(net, 3)
 
 
 def _tta_images(world, rank, copies=3):

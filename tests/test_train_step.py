@@ -32,7 +32,8 @@ def _batch():
 def _step(auxiliary_weight=0.0, grad_clip_norm=0.0):
     """One training step; returns (model, weights before, weights after, loss gradient by hand, loss)."""
     net = _net(auxiliary_weight > 0)
-    model = train_step.BATrainModel(net, dist.init().hvd, weight_decay=WD, decay_biases=False,
+    dist.init()
+    model = train_step.BATrainModel(net, weight_decay=WD, decay_biases=False,
                                     auxiliary_weight=auxiliary_weight,
                                     grad_clip_norm=grad_clip_norm)
     model.compile(optimizer=optim.make_optimizer(LR, momentum=0.0))

@@ -188,7 +188,7 @@ def _grad_corr(args, say) -> int:
         fns = {k: aug.get_augment(k) for k in names}
         per = gc.per_sample_correlations(net, train_src, fns, args.n, args.seed, samples=range(rank, args.n, size),
                                          eval_fn=eval_fn, preprocess=preprocess)
-        gathered = ctx.world_comm.gather(per, root=0)
+        gathered = dist.gather_to_chief(per)
         acc = gc.accuracy(net, eval_src, args.eval_samples, eval_fn=eval_fn, preprocess=preprocess) \
             if rank == 0 else (None, 0)
         if rank == 0:
@@ -250,7 +250,7 @@ def _throughput(args, say) -> int:
     from ba_dist import dist
     from ba_dist.analysis import throughput as tp
     ctx = dist.init()
-    rows = tp.sweep(spec, sizes, ctx.hvd, ctx.world_comm, log=say if not args.quiet else (lambda s: None))
+    rows = tp.sweep(spec, sizes, log=say if not args.quiet else (lambda s: None))
     if ctx.rank != 0:
         return 0
     table = tp.markdown_throughput(rows, spec, args.threads or None)

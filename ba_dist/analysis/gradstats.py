@@ -29,7 +29,7 @@ anyway; it is left out of ``grad_norm``.
 
 Usage (rank 0 only; the values are identical on all ranks)::
 
-    callbacks.append(GradStatsLogger(workdir, every=10, world_size=hvd.size()))
+    callbacks.append(GradStatsLogger(workdir, every=10, world_size=ctx.size))
 
 writes ``<workdir>/grad_norm.jsonl`` rows ``{"step", "grad_norm", "grad_var",
 "grad_var_of_mean"}`` (``step`` = optimizer steps completed, as in

@@ -87,63 +87,56 @@ class BenchSpec:
         return f"{self.model} on {h}x{w}x{c} synthetic inputs, {self.num_classes} classes, bn '{self.bn}'"
 
 
-def build_bench_model(spec: BenchSpec, hvd):
+def build_bench_model(spec: BenchSpec):
     """A compiled :class:`BATrainModel` for ``spec`` (SGD momentum, constant small LR, wd 1e-4)."""
     from ba_dist import models, optim, train_step as trainer
     net = models.build_model(spec.model, spec.num_classes, spec.input_shape, bn=spec.bn)
-    model = trainer.BATrainModel(net, hvd, weight_decay=1e-4)
+    model = trainer.BATrainModel(net, weight_decay=1e-4)
     model.compile(optimizer=optim.make_optimizer(0.01, momentum=0.9))
     return model
 
 
-def _barrier_and_max(comm) -> tuple[Callable[[], None], Callable[[float], float]]:
-    if comm is None or comm.Get_size() == 1:
-        return (lambda: None), (lambda t: t)
-    from mpi4py import MPI
-    return comm.Barrier, (lambda t: comm.allreduce(t, op=MPI.MAX))
-
-
-def measure(model, batch_size: int, spec: BenchSpec, world_comm=None) -> dict:
+def measure(model, batch_size: int, spec: BenchSpec) -> dict:
     """Time ``model.train_step`` at one per-rank batch size (see module docstring).
 
     Args:
       model: a compiled BATrainModel whose input shape matches ``spec``.
       batch_size: examples per rank per step.
       spec: repeats, steps, warmup.
-      world_comm: mpi4py communicator of all ranks (None: one process).
 
     Returns:
       ``{"batch_size", "ranks", "steps", "repeats", "images_per_sec" (median), "std",
       "per_rank_images_per_sec", "values"}``; images are augmented copies, whole job.
+      Every rank of the job (``dist.init`` first) must call it.
     """
     import tensorflow as tf
-    ranks = 1 if world_comm is None else world_comm.Get_size()
+    from ba_dist import dist
+    ranks = dist.context().size
     seed = tf.constant([spec.seed, batch_size], tf.int64)
     x = tf.random.stateless_normal((batch_size,) + spec.input_shape, seed)
     y = tf.one_hot(tf.random.stateless_uniform([batch_size], seed, 0, spec.num_classes, tf.int32),
                    spec.num_classes)
     step = tf.function(model.train_step)   # a fresh trace per batch size, as fit would do
     steps = spec.steps_for(batch_size)
-    barrier, slowest = _barrier_and_max(world_comm)
     for _ in range(spec.warmup):
         out = step((x, y))
     if spec.warmup:
         float(out["loss"])
     values = []
     for _ in range(spec.repeats):
-        barrier()
+        dist.barrier()
         t0 = time.perf_counter()
         for _ in range(steps):
             out = step((x, y))
         float(out["loss"])  # waits for the last step
-        dt = slowest(time.perf_counter() - t0)
+        dt = dist.allreduce_max(time.perf_counter() - t0)  # the slowest rank's time
         values.append(steps * batch_size * ranks / dt)
     med, std = statistics.median(values), statistics.pstdev(values)
     return {"batch_size": batch_size, "ranks": ranks, "steps": steps, "repeats": spec.repeats,
             "images_per_sec": med, "std": std, "per_rank_images_per_sec": med / ranks, "values": values}
 
 
-def sweep(spec: BenchSpec, batch_sizes: Sequence[int], hvd, world_comm=None,
+def sweep(spec: BenchSpec, batch_sizes: Sequence[int],
           log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """:func:`measure` for every batch size, smallest first.
 
@@ -155,13 +148,14 @@ def sweep(spec: BenchSpec, batch_sizes: Sequence[int], hvd, world_comm=None,
     import tensorflow as tf
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    model = build_bench_model(spec, hvd)
+    from ba_dist import dist
+    model = build_bench_model(spec)
     rows = []
     for b in sorted(set(batch_sizes)):
         try:
-            row = measure(model, b, spec, world_comm)
+            row = measure(model, b, spec)
         except tf.errors.ResourceExhaustedError:
-            if world_comm is not None and world_comm.Get_size() > 1:
+            if dist.context().size > 1:
                 raise
             rows.append({"batch_size": b, "oom": True})
             log(f"batch {b}: out of memory, sweep stopped")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from ba_dist import fit
+from ba_dist import dist, fit
 from ba_dist.config import ConfigError
 from ba_dist.seq import config as seq_config
 from ba_dist.seq import train as seq_train
@@ -64,7 +64,7 @@ def evaluate_checkpoint(cfg, workdir: str, split: str = "test", which: str = "be
         status = tf.train.Checkpoint(net=net).read(str(path / "state"))
         status.expect_partial()   # the optimizer's slots are in the file and not needed here
         status.assert_existing_objects_matched()
-    ctx.hvd.broadcast_variables(net.variables, root_rank=0)
+    dist.broadcast_from_chief(net.variables)
     hyps: list[str] = []
     res = seq_train.evaluate_split(cfg, net, vocab, splits, split, ctx, wd, bleu=cfg.task == "translation",
                                    hypotheses=hyps)

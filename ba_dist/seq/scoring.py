@@ -18,15 +18,12 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from ba_dist import dist
 from ba_dist.seq import batching, beam
 from ba_dist.seq.data import PAD
 from ba_dist.seq.train_step import token_losses
 
 __all__ = ["lm_perplexity", "translation_loss", "translation_bleu", "corpus_bleu"]
-
-
-def _allreduce_sums(hvd, sums: np.ndarray, name: str) -> np.ndarray:
-    return hvd.allreduce(tf.constant(sums, tf.float64), op=hvd.Sum, name=name).numpy()
 
 
 def _compiled(net, key, build):
@@ -40,7 +37,7 @@ def _compiled(net, key, build):
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def lm_perplexity(net, ids: np.ndarray, num_streams: int, bptt: int, hvd, rank: int, world_size: int) -> dict:
+def lm_perplexity(net, ids: np.ndarray, num_streams: int, bptt: int, rank: int, world_size: int) -> dict:
     """Perplexity of a language model on the stream ``ids``, split into ``num_streams`` streams.
 
     The recurrent state is carried through each stream from its first token,
@@ -67,12 +64,12 @@ def lm_perplexity(net, ids: np.ndarray, num_streams: int, bptt: int, hvd, rank: 
         hi = min(lo + bptt, rows.shape[1] - 1)
         loss, count, states = step(rows[:, lo:hi], rows[:, lo + 1:hi + 1], weights, states)
         sums += [float(loss), float(count)]
-    total = _allreduce_sums(hvd, sums, "seq_eval_lm")
+    total = dist.allreduce_sum(sums, name="seq_eval_lm")
     nll = total[0] / max(total[1], 1.0)
     return {"val_loss": nll, "val_ppl": math.exp(min(nll, 50.0)), "val_tokens": int(total[1])}
 
 
-def translation_loss(net, src, tgt, bos: int, hvd, rank: int, world_size: int, batch_size: int) -> dict:
+def translation_loss(net, src, tgt, bos: int, rank: int, world_size: int, batch_size: int) -> dict:
     """Teacher-forced token NLL, perplexity and next-token accuracy on a split."""
 
     def build():
@@ -91,7 +88,7 @@ def translation_loss(net, src, tgt, bos: int, hvd, rank: int, world_size: int, b
     sums = np.zeros(3)
     for _, w, s, ti, to in batching.translation_eval_batches(src, tgt, rank, world_size, batch_size, bos):
         sums += step(s, ti, to, w).numpy()
-    total = _allreduce_sums(hvd, sums, "seq_eval_mt")
+    total = dist.allreduce_sum(sums, name="seq_eval_mt")
     n = max(total[2], 1.0)
     return {"val_loss": total[0] / n, "val_ppl": math.exp(min(total[0] / n, 50.0)), "val_top1": total[1] / n,
             "val_tokens": int(total[2])}
@@ -103,13 +100,12 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_bleu(hypotheses, [references]).score)
 
 
-def translation_bleu(net, src, tgt, vocab, references: list[str], comm, rank: int, world_size: int,
+def translation_bleu(net, src, tgt, vocab, references: list[str], rank: int, world_size: int,
                      batch_size: int, beam_size: int = 4, alpha: float = 0.6, extra_len: int = 50,
                      limit: int = -1) -> tuple[dict, list[str]]:
     """Beam-search translations of a split and their BLEU against ``references``.
 
     Args:
-      comm: mpi4py communicator of the world (hypotheses are gathered to rank 0).
       limit: translate only the first ``limit`` sentences (-1: all).
 
     Returns:
@@ -129,11 +125,11 @@ def translation_bleu(net, src, tgt, vocab, references: list[str], comm, rank: in
                                                              limit):
         out = decode(tf.constant(s)).numpy()
         mine += [(int(i), vocab.decode(row[1:])) for i, wi, row in zip(ids, w, out) if wi > 0]
-    gathered = comm.gather(mine, root=0)
+    gathered = dist.gather_to_chief(mine)  # hypotheses of every rank, on rank 0
     result, hyps = None, []
     if rank == 0:
         pairs = sorted(p for part in gathered for p in part)
         hyps = [h for _, h in pairs]
         refs = [references[i] for i, _ in pairs]
         result = {"val_bleu": corpus_bleu(hyps, refs), "bleu_sentences": len(hyps)}
-    return comm.bcast(result, root=0), hyps
+    return dist.broadcast_object(result), hyps

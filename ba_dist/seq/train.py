@@ -24,7 +24,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from ba_dist import fit
+from ba_dist import dist, fit
 from ba_dist.config import ConfigError
 from ba_dist.seq import config as seq_config
 
@@ -39,7 +39,7 @@ METRICS_FIELDS = ("epoch", "step", "lr", "train_loss", "train_nll", "train_ppl",
 def prepare_data(cfg, workdir: Path, ctx):
     """``(vocab, splits)`` from ``<workdir>/data``, built there by rank 0 if missing."""
     from ba_dist.seq import data
-    kw = dict(cache=Path(workdir) / "data", is_chief=ctx.topology.is_chief, barrier=ctx.world_comm.Barrier)
+    kw = dict(cache=Path(workdir) / "data", is_chief=ctx.topology.is_chief, barrier=dist.barrier)
     corpus_kw = dict(cfg.input.corpus_kwargs.to_dict(), data_dir=cfg.input.data_dir)
     if cfg.task == "lm":
         return data.prepare_lm(cfg.input.dataset, max_vocab=cfg.input.vocab_size, **kw, **corpus_kw)
@@ -74,18 +74,18 @@ def evaluate_split(cfg, net, vocab, splits, split: str, ctx, workdir: Path, bleu
     ``hypotheses``: a list that receives the translations (rank 0, in split order).
     """
     from ba_dist.seq import data, scoring
-    topo, hvd = ctx.topology, ctx.hvd
+    topo = ctx.topology
     if cfg.task == "lm":
         streams = cfg.input.eval_streams if split == "valid" else cfg.input.test_streams
-        return scoring.lm_perplexity(net, splits[split], streams, cfg.input.bptt, hvd, topo.rank,
+        return scoring.lm_perplexity(net, splits[split], streams, cfg.input.bptt, topo.rank,
                                         topo.world_size)
     src, tgt = splits[split]
-    out = scoring.translation_loss(net, src, tgt, vocab.bos, hvd, topo.rank, topo.world_size,
+    out = scoring.translation_loss(net, src, tgt, vocab.bos, topo.rank, topo.world_size,
                                       cfg.input.eval_batch_size)
     if bleu:
         refs = data.references(Path(workdir) / "data", split)
         res, hyps = scoring.translation_bleu(
-            net, src, tgt, vocab, refs, ctx.world_comm, topo.rank, topo.world_size, cfg.input.eval_batch_size,
+            net, src, tgt, vocab, refs, topo.rank, topo.world_size, cfg.input.eval_batch_size,
             cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.extra_len, cfg.eval.max_sentences)
         out.update(res)
         if hypotheses is not None:
@@ -136,15 +136,14 @@ class SeqTask(fit.Task):
     def build(self) -> fit.Parts:
         from ba_dist.seq import schedules
         from ba_dist.seq.train_step import SeqTrainModel
-        cfg, lay, topo, hvd = self.cfg, self.lay, self.ctx.topology, self.ctx.hvd
+        cfg, lay, topo = self.cfg, self.lay, self.ctx.topology
         net = build_net(cfg, self.vocab.size)
         schedule = schedules.make_schedule(cfg.optim.schedule, cfg.optim.base_lr, cfg.optim.warmup_steps)
         opt = schedules.make_optimizer(cfg.optim.name, schedule, cfg.optim.momentum, cfg.optim.beta_1,
                                        cfg.optim.beta_2, cfg.optim.epsilon)
-        compression = hvd.Compression.fp16 if cfg.optim.grad_compression == "fp16" else hvd.Compression.none
-        self.model = SeqTrainModel(net, hvd, seed=cfg.seed, rank=topo.rank, m_local=lay.m_local,
+        self.model = SeqTrainModel(net, seed=cfg.seed, rank=topo.rank, m_local=lay.m_local,
                                    label_smoothing=cfg.optim.label_smoothing, clip_norm=cfg.optim.clip_norm,
-                                   weight_decay=cfg.optim.weight_decay, compression=compression,
+                                   weight_decay=cfg.optim.weight_decay, grad_compression=cfg.optim.grad_compression,
                                    recurrent_rows=lay.per_rank_batch if cfg.task == "lm" else None)
         self.model.compile(optimizer=opt)
         self.net = net

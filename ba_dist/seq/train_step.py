@@ -8,7 +8,7 @@ unchanged) with a token-level step::
     logits  = net(inputs, training=True, seed, copies=m_local)
     n       = allreduce-sum(non-pad target tokens)        (all ranks, all copies)
     loss    = sum over local tokens of label-smoothed CE  x  N / n
-    grads   = Horovod average of d loss  = d (sum over ALL tokens / n)
+    grads   = dist.allreduce_mean of d loss  = d (sum over ALL tokens / n)
             (+ wd * w), clipped to clip_norm (global norm, identical on every rank)
 
 so the update is the mean over every target token of the B x M batch even
@@ -23,6 +23,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from ba_dist import dist
 from ba_dist.seq import dropout
 from ba_dist.seq.data import PAD
 from ba_dist.train_step import BATrainModel
@@ -45,22 +46,21 @@ def token_losses(targets: tf.Tensor, logits: tf.Tensor, label_smoothing: float =
 
 
 class SeqTrainModel(BATrainModel):
-    """``net`` plus the Horovod-averaged token-level BA step.
+    """``net`` plus the rank-averaged token-level BA step (gradients as in ``BATrainModel``).
 
     Args:
       net: ``LSTMLanguageModel`` (``recurrent_rows`` set) or ``Transformer``.
-      hvd: initialised ``horovod.tensorflow``.
       seed, rank: base seed of the job and this rank (dropout seeds).
       m_local: copies per rank (rows are copy-major).
       label_smoothing, clip_norm, weight_decay: see ``configs/seq_*.py``.
       recurrent_rows: rows of the rank's batch for a recurrent ``net``.
-      compression: Horovod gradient compression.
+      grad_compression: ``"none"`` or ``"fp16"`` (gradients travel as float16).
     """
 
-    def __init__(self, net: tf.keras.Model, hvd, *, seed: int, rank: int, m_local: int,
+    def __init__(self, net: tf.keras.Model, *, seed: int, rank: int, m_local: int,
                  label_smoothing: float = 0.0, clip_norm: float = 0.0, weight_decay: float = 0.0,
-                 recurrent_rows: Optional[int] = None, compression=None):
-        super().__init__(net, hvd, weight_decay=weight_decay, decay_biases=True, compression=compression)
+                 recurrent_rows: Optional[int] = None, grad_compression: str = "none"):
+        super().__init__(net, weight_decay=weight_decay, decay_biases=True, grad_compression=grad_compression)
         self.seed, self.rank, self.m_local = int(seed), int(rank), int(m_local)
         self.label_smoothing, self.clip_norm = float(label_smoothing), float(clip_norm)
         self.trackers = {k: tf.keras.metrics.Mean(name=k) for k in ("loss", "nll", "grad_norm", "tokens")}
@@ -80,10 +80,9 @@ class SeqTrainModel(BATrainModel):
     def train_step(self, data):
         inputs, targets = data
         tvars = self.net.trainable_variables
-        hvd = self.hvd
         mask = tf.cast(tf.not_equal(targets, PAD), tf.float32)
         # n first: the loss is normalised by the tokens of the whole world
-        n = hvd.allreduce(tf.reduce_sum(mask), op=hvd.Sum, name="seq_tokens")
+        n = dist.allreduce_sum(tf.reduce_sum(mask), name="seq_tokens")
         seed = dropout.step_seed(self.seed, self.optimizer.iterations, self.rank)
         kw = dict(training=True, seed=seed, copies=self.m_local)
         with tf.GradientTape() as tape:
@@ -93,15 +92,15 @@ class SeqTrainModel(BATrainModel):
                 logits = self.net(inputs, **kw)
             smoothed, nll = token_losses(targets, logits, self.label_smoothing)
             local = tf.reduce_sum(smoothed * mask)
-            scaled = local * tf.cast(hvd.size(), tf.float32) / tf.maximum(n, 1.0)
-        tape = hvd.DistributedGradientTape(tape, compression=self.compression, sparse_as_dense=True)
-        grads = tape.gradient(scaled, tvars)
+            scaled = local * float(dist.context().size) / tf.maximum(n, 1.0)
+        # averaged over ranks as BATrainModel.train_step does (sparse gradients go dense)
+        grads = dist.allreduce_mean(tape.gradient(scaled, tvars), fp16=self.fp16_grads)
         if self.decayed:
             decayed = {v.ref() for v in self.decayed}
             grads = [g + self.weight_decay * v if v.ref() in decayed else g for g, v in zip(grads, tvars)]
         correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=targets.dtype), targets), tf.float32)
-        sums = hvd.allreduce(tf.stack([local, tf.reduce_sum(nll * mask), tf.reduce_sum(correct * mask),
-                                       self.stop_request]), op=hvd.Sum, name="seq_flags")
+        sums = dist.allreduce_sum(tf.stack([local, tf.reduce_sum(nll * mask), tf.reduce_sum(correct * mask),
+                                            self.stop_request]), name="seq_flags")
         grad_norm = tf.linalg.global_norm(grads)
         if self.clip_norm > 0:
             grads, _ = tf.clip_by_global_norm(grads, self.clip_norm, use_norm=grad_norm)

@@ -99,7 +99,7 @@ def _evaluate(root: str, on_corrupt: str, batch_size: int = 4) -> dict:
     ds, _ = make_eval_dataset(src, spec, 0, 1, batch_size, src.image_shape)
     net = tf.keras.Sequential([tf.keras.layers.GlobalAveragePooling2D(input_shape=(40, 40, 3)),
                                tf.keras.layers.Dense(2)])
-    return train_step.evaluate_sharded(net, ds, ctx.hvd, 2)
+    return train_step.evaluate_sharded(net, ds, 2)
 
 
 def test_evaluation_skips_and_counts_bad_files_naming_each_once(tmp_path, caplog):
