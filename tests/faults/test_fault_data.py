@@ -155,7 +155,7 @@ def _one_epoch(src, on_corrupt: str, timeout: float = 60):
     """One epoch of a one-rank GroupLoader in which a single step holds every sample."""
     sampler = GroupSampler(len(src), 1, len(src), seed=0)
     spec = data_loader.PipelineSpec(per_rank_unique=len(src), on_corrupt=on_corrupt, read_threads=2, prefetch=1)
-    loader = data_loader.GroupLoader(src, sampler, spec, dist.make_topology(0, 1), None, num_steps=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, dist.make_topology(0, 1), num_steps=1)
     box = {}
 
     def consume():

@@ -129,7 +129,7 @@ def test_misfit_training_image_is_a_corrupt_sample(tmp_path):
     for on_corrupt in ("skip", "error"):
         spec = data_loader.PipelineSpec(per_rank_unique=len(src), on_corrupt=on_corrupt, image_shape=(40, 40, 3))
         loader = data_loader.GroupLoader(src, GroupSampler(len(src), 1, len(src), seed=0), spec,
-                                         dist.make_topology(0, 1), None, num_steps=1)
+                                         dist.make_topology(0, 1), num_steps=1)
         if on_corrupt == "skip":
             (_, _, ids, _, images), = list(loader)
             assert loader.skipped == 1 and all(im.shape == (40, 40, 3) for im in images)
