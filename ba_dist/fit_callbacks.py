@@ -291,8 +291,16 @@ class StopControl(tf.keras.callbacks.Callback):
             self._handle(early, None)
 
     def _handle(self, signum, frame):
+        # Python only: a signal handler runs between any two bytecodes of the main
+        # thread, possibly while TensorFlow traces a graph (e.g. a tf.data function
+        # of the evaluation dataset); a variable assignment here would be captured
+        # into that graph ("You must feed a value for placeholder tensor ...").
         self.received = signum
-        self.model.stop_request.assign(1.0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # the request joins the flags that this step allreduces
+        if self.received is not None and float(self.model.stop_request.numpy()) == 0.0:
+            self.model.stop_request.assign(1.0)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.model.nonfinite.numpy() > 0:
