@@ -9,13 +9,18 @@ and the gradient-correlation analysis all take their seeds and copies from here.
 
 The seed recipe (``fold`` = ``tf.random.experimental.stateless_fold_in``)::
 
-    copy seed     = fold(fold(fold(fold([seed, 0], epoch), rank), sample id), copy)
+    sample seed   = fold(fold(fold([seed, 0], epoch), rank), sample id)
+    copy draws    = stateless_uniform([M, k], sample seed), row c for copy c
     mixup seed    = fold(fold([seed, 1], epoch * 1_000_003 + step), rank)
     dropout seed  = fold(fold([seed, 0], step), rank)      (then per site and copy)
     analysis seed = fold(fold([seed, 0], sample id), augmentation set)
 
-The order (seed, epoch, global rank, sample id, copy) must not change: it fixes
+The order (seed, epoch, global rank, sample id, copy row) must not change: it fixes
 which transform every copy of every run got, and checkpoints resume onto it.
+(Issue 15 changed the copy part: the copy index used to be folded into a seed
+per copy, which every op then split; now a sample draws its copies' uniforms
+in one call and an op reads its columns. The transforms of a given seed
+changed then, their distributions did not.)
 
 Layout: a rank's batch is copy-major, ``[copy 0 of the b samples, copy 1, ...]``
 (row ``c * b + i`` is copy ``c`` of sample ``i``), so any ``G <= b`` consecutive
@@ -23,27 +28,30 @@ rows are G distinct samples, which is what ghost batch norm normalises over.
 
 Example::
 
-    seeds = ba.batch_seeds(seed=0, epoch=3, rank=1, ids=ids, m_local=4)   # [b, 4, 2]
-    x = ba.ba_batch(images, seeds, augment.get_augment("cifar"))         # [4*b, H, W, C]
+    op = augment.get_augment("cifar")
+    u = tf.stack([ba.copy_draws(0, 3, 1, i, 4, op.draws) for i in ids])   # [b, 4, op.draws]
+    x = ba.copies(images, None, u, op)                                   # [4*b, H, W, C]
     y = ba.repeat(labels, 4)                                             # [4*b]
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 import tensorflow as tf
 
+from ba_dist.data import augment as aug
+
 __all__ = [
     "fold",
-    "copy_seeds",
-    "batch_seeds",
+    "sample_seed",
+    "copy_draws",
     "mixup_seed",
     "step_seed",
     "analysis_seed",
     "sample_copies",
     "copy_major",
-    "ba_batch",
+    "copies",
     "repeat",
     "TTA_EPOCH",
 ]
@@ -72,22 +80,21 @@ def _base(seed, stream: int) -> tf.Tensor:
     return tf.stack([tf.cast(seed, tf.int64), tf.constant(stream, tf.int64)])
 
 
-def copy_seeds(seed, epoch, rank, sample_id, m_local: int) -> tf.Tensor:
-    """``int64 [m_local, 2]`` augmentation seeds of one sample's copies on one rank.
-
-    Folds in (base seed, epoch, global rank, sample id, copy) in that order
-    (epoch, rank and id as int64, the copy index as int32).
-    """
+def sample_seed(seed, epoch, rank, sample_id) -> tf.Tensor:
+    """``int64 [2]`` seed of one sample's copies on one rank: folds in (base seed, epoch, global rank, sample id)."""
     s = _base(seed, 0)
     for part in (epoch, rank, sample_id):
         s = fold(s, part)
-    return tf.cast(tf.stack([_fold(s, c, tf.int32) for c in range(m_local)]), tf.int64)
+    return s
 
 
-def batch_seeds(seed, epoch, rank, ids, m_local: int) -> tf.Tensor:
-    """``int64 [len(ids), m_local, 2]``: :func:`copy_seeds` of every sample of a batch."""
-    return tf.map_fn(lambda i: copy_seeds(seed, epoch, rank, i, m_local), tf.cast(ids, tf.int64),
-                     fn_output_signature=tf.TensorSpec([m_local, 2], tf.int64))
+def copy_draws(seed, epoch, rank, sample_id, m_local: int, k: int) -> tf.Tensor:
+    """``float32 [m_local, k]``: the augmentation draws of one sample's copies on one rank.
+
+    Row ``c`` is copy ``c``'s (``k`` = the op's ``draws``); a row does not depend
+    on ``m_local``, so copy ``c`` is the same transform whatever the number of copies.
+    """
+    return tf.random.stateless_uniform([m_local, k], sample_seed(seed, epoch, rank, sample_id), dtype=tf.float32)
 
 
 def mixup_seed(seed, epoch, step, rank) -> tf.Tensor:
@@ -109,26 +116,47 @@ def analysis_seed(seed, sample_id, aug_set) -> tf.Tensor:
     return _fold(_fold(_base(seed, 0), sample_id, tf.int32), aug_set, tf.int32)
 
 
-def sample_copies(image, seeds, augment_fn: Callable) -> tf.Tensor:
-    """The copies of one sample: ``float32 [M, H', W', C]``, copy ``c`` = ``augment_fn(image, seeds[c])``.
+def sample_copies(image, draws, augment) -> tf.Tensor:
+    """The copies of one sample: ``float32 [M, H', W', C]``, copy ``c`` made with ``draws[c]``.
 
     Args:
       image: one ``[H, W, C]`` image, decoded once and augmented M times.
-      seeds: ``[M, 2]`` int seeds (:func:`copy_seeds`).
-      augment_fn: ``fn(image, seed) -> image`` using stateless random ops only.
-
-    Raises:
-      ValueError: ``seeds`` is not ``[M, 2]``.
+      draws: ``[M, augment.draws]`` (:func:`copy_draws`).
+      augment: an ``augment.Augment`` (or a plain ``fn(image, seed)``).
     """
-    seeds = tf.convert_to_tensor(seeds)
-    if seeds.shape.rank is not None and (seeds.shape.rank != 2 or not seeds.shape[1:].is_compatible_with([2])):
-        raise ValueError(f"seeds must have shape [M, 2], got {seeds.shape}")
+    augment = aug.as_augment(augment)
+    draws = tf.convert_to_tensor(draws, tf.float32)
+    if draws.shape.rank is not None and draws.shape.rank != 2:
+        raise ValueError(f"draws must have shape [M, {augment.draws}], got {draws.shape}")
     image = tf.convert_to_tensor(image)
-    m = seeds.shape[0]
-    if m is not None:  # known M (the pipelines): one op per copy, no loop in the graph
-        return tf.stack([tf.cast(augment_fn(image, seeds[c]), tf.float32) for c in range(m)])
-    # map_fn, not vectorized_map: pfor has no rule for the bounding-box sampler
-    return tf.map_fn(lambda s: tf.cast(augment_fn(image, s), tf.float32), seeds, fn_output_signature=tf.float32)
+    return augment.batch(image[None], None, tf.zeros(tf.shape(draws)[:1], tf.int32), draws)
+
+
+def copies(images, sizes, draws, augment) -> tf.Tensor:
+    """BA of one batch in one batched op: ``b`` images -> ``M * b`` augmented examples, copy-major.
+
+    Args:
+      images: ``[b, H, W, C]`` uint8 (or float) images, zero-padded to one size
+        when they differ (``padded_batch``): each unique image is read once, by
+        every one of its copies.
+      sizes: ``[b, 2]`` true ``(height, width)`` of each image, or None when all fill ``H x W``.
+      draws: ``[b, M, augment.draws]`` (:func:`copy_draws` of each sample).
+      augment: an ``augment.Augment`` (or a plain ``fn(image, seed)``).
+
+    Returns:
+      float32 ``[M * b, H', W', C]``, row ``c * b + i`` = copy ``c`` of image ``i``;
+      pair it with ``repeat(labels, M)``.
+    """
+    augment = aug.as_augment(augment)
+    draws = tf.convert_to_tensor(draws, tf.float32)
+    if draws.shape.rank is not None and draws.shape.rank != 3:
+        raise ValueError(f"draws must have shape [b, M, {augment.draws}], got {draws.shape}")
+    b, m = draws.shape[0], draws.shape[1]
+    if b is None or m is None:
+        b, m = tf.shape(draws)[0], tf.shape(draws)[1]
+    index = tf.tile(tf.range(b), [m])                                         # row c*b + i -> image i
+    u = tf.reshape(tf.transpose(draws, [1, 0, 2]), [-1, augment.draws])      # copy-major draws
+    return augment.batch(images, sizes, index, u)
 
 
 def copy_major(x) -> tf.Tensor:
@@ -139,26 +167,6 @@ def copy_major(x) -> tf.Tensor:
     # static rows when known, so the batch keeps a static shape (ghost batch norm splits it)
     rows = b * m if b is not None and m is not None else tf.shape(x)[0] * tf.shape(x)[1]
     return tf.reshape(tf.transpose(x, perm), tf.concat([[rows], tf.shape(x)[2:]], 0))
-
-
-def ba_batch(images, seeds, augment_fn: Callable) -> tf.Tensor:
-    """BA of one batch: ``b`` images -> ``M * b`` augmented examples, copy-major.
-
-    Args:
-      images: ``[b, H, W, C]`` images of one size (ragged ImageNet images go
-        through :func:`sample_copies` one by one in the tf.data pipeline).
-      seeds: ``[b, M, 2]`` (:func:`batch_seeds`).
-      augment_fn: ``fn(image, seed) -> image``.
-
-    Returns:
-      float32 ``[M * b, H', W', C]``; pair it with ``repeat(labels, M)``.
-    """
-    seeds = tf.convert_to_tensor(seeds)
-    if seeds.shape.rank is not None and seeds.shape.rank != 3:
-        raise ValueError(f"seeds must have shape [b, M, 2], got {seeds.shape}")
-    per_sample = tf.map_fn(lambda a: sample_copies(a[0], a[1], augment_fn), (tf.convert_to_tensor(images), seeds),
-                           fn_output_signature=tf.float32)
-    return copy_major(per_sample)
 
 
 def repeat(x: Union[np.ndarray, tf.Tensor], m_local: int):

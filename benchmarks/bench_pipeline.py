@@ -4,9 +4,11 @@ Two parts, each comparing against the obvious alternative in the same run
 (ratios, not absolute numbers: the machines are shared and noisy):
 
   augment  (1 process)   augmented images/s per core at M = 1, 2, 4, 8:
-           BA path   = decode each JPEG once, M augmentations of the pixels
+           BA path   = decode each JPEG once, then all M x b copies of a step in
+                       one batched op (ba.copies), as ba-train makes them
            obvious   = every copy decoded on its own with decode_and_crop_jpeg
-           and the same for CIFAR-style uint8 arrays (no decode to save).
+           and for CIFAR-style uint8 arrays (no decode to save): batched copies
+           against a per-sample map with one op call per copy (before issue 15).
   bcast    (under mpirun, one group of all ranks)
            delivered unique images/s per rank for broadcast='decoded', 'encoded'
            and 'none' (every rank reads itself), and the decoded-image
@@ -75,72 +77,110 @@ def _compare(a: tf.data.Dataset, a_per: int, b: tf.data.Dataset, b_per: int, rep
     return statistics.median(ra), statistics.median(rb), statistics.median(x / y for x, y in zip(ra, rb))
 
 
-def bench_augment(n_jpegs: int = 48, ms=(1, 2, 4, 8)) -> None:
+def bench_augment(n_jpegs: int = 48, b: int = 8, ms=(1, 2, 4, 8)) -> None:
+    from ba_dist import ba
     jpegs = make_jpegs(n_jpegs)
     imagenet = aug.get_augment("imagenet")
     cifar = aug.get_augment("cifar")
     arrays = np.random.default_rng(0).integers(0, 255, (512, 32, 32, 3), dtype=np.uint8)
     print(f"## Augmented images/s per core (1 tf.data thread), {n_jpegs} JPEGs of "
-          f"{np.mean([len(j) for j in jpegs]) / 1024:.0f} KiB (375x500), 512 CIFAR arrays\n")
-    print("| M | JPEG: BA (decode once) | JPEG: decode_and_crop per copy | ratio | "
-          "CIFAR: BA (M augs of one array) | CIFAR: per-copy pipeline | ratio |")
+          f"{np.mean([len(j) for j in jpegs]) / 1024:.0f} KiB (375x500), 512 CIFAR arrays, "
+          f"{b} unique images per step\n")
+    print("| M | JPEG: BA (decode once, batched copies) | JPEG: decode_and_crop per copy | ratio | "
+          "CIFAR: BA batched copies | CIFAR: per-sample map of per-copy ops | ratio |")
     print("|---|---|---|---|---|---|---|")
-    seed0 = tf.constant([7, 0], tf.int64)
 
-    def seed(i, c):
-        return tf.random.experimental.stateless_fold_in(seed0, i * 16 + c)
+    def draws(op, i, m):
+        return ba.copy_draws(7, 0, 0, i, m, op.draws)
 
     raw_arrays = [a.tobytes() for a in arrays]
-    # Both sides of each comparison have the same structure (one element in,
-    # M augmented copies out, in one map function); only the decoding differs.
     for m in ms:
-        def ba(j, i, m=m):
+        # BA, what ba-train does: per image one decode and the copies' draws; per step the b
+        # images zero-padded into one batch and all m x b copies in one batched op.
+        def ba_draw(j, i, m=m):
             img = tf.io.decode_jpeg(j, channels=3)  # once
-            return tf.stack([imagenet(img, seed(i, c)) for c in range(m)])
+            return img, tf.shape(img)[:2], draws(imagenet, i, m)
 
+        def ba_copies(x, sizes, u):
+            return ba.copies(x, sizes, u, imagenet)
+
+        # obvious: every copy decoded on its own (only its window), same draws per copy
         def obvious(j, i, m=m):
-            return tf.stack([aug.decode_and_crop_imagenet(j, seed(i, c)) for c in range(m)])  # M decodes
-
-        def cba(r, i, m=m):
-            x = tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3])
-            return tf.stack([cifar(x, seed(i, c)) for c in range(m)])
-
-        def cobvious(r, i, m=m):
-            return tf.stack([cifar(tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3]), seed(i, c))
+            seed = ba.sample_seed(7, 0, 0, i)
+            return tf.stack([aug.decode_and_crop_imagenet(j, tf.random.experimental.stateless_fold_in(seed, c))
                              for c in range(m)])
 
+        def cba_draw(r, i, m=m):
+            return tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3]), tf.constant([32, 32]), draws(cifar, i, m)
+
+        def cba_copies(x, sizes, u):
+            return ba.copies(x, None, u, cifar)
+
+        def cper_sample(r, i, m=m):   # before issue 15: per sample, one op call per copy
+            x = tf.reshape(tf.io.decode_raw(r, tf.uint8), [32, 32, 3])
+            seed = ba.sample_seed(7, 0, 0, i)
+            return tf.stack([cifar(x, tf.random.experimental.stateless_fold_in(seed, c)) for c in range(m)])
+
         src = tf.data.Dataset.from_tensor_slices((tf.constant(jpegs), tf.range(len(jpegs), dtype=tf.int64)))
-        r_ba, r_ob, ratio = _compare(src.map(ba), m, src.map(obvious), m)
+        r_ba, r_ob, ratio = _compare(src.map(ba_draw).padded_batch(b).map(ba_copies), m * b,
+                                     src.map(obvious), m)
         csrc = tf.data.Dataset.from_tensor_slices((tf.constant(raw_arrays), tf.range(len(arrays), dtype=tf.int64)))
-        c_ba, c_ob, cratio = _compare(csrc.map(cba), m, csrc.map(cobvious), m)
+        c_ba, c_ob, cratio = _compare(csrc.map(cba_draw).batch(b).map(cba_copies), m * b,
+                                      csrc.map(cper_sample), m)
         print(f"| {m} | {r_ba:.0f} | {r_ob:.0f} | {ratio:.2f}x | {c_ba:.0f} | {c_ob:.0f} | {cratio:.2f}x |",
               flush=True)
-    _profile(jpegs, imagenet, seed)
+    _profile(jpegs, imagenet, b)
 
 
-def _profile(jpegs, imagenet, seed, n: int = 200) -> None:
-    """Per-image cost of each stage on one thread: what bounds the BA speed-up."""
-    j = tf.constant(jpegs[0])
-    img = tf.io.decode_jpeg(j, channels=3)
-    stages = {
-        "decode_jpeg (full image)": tf.function(lambda: tf.io.decode_jpeg(j, channels=3)),
-        "decode_and_crop_jpeg + resize + flip (one copy of path ii)":
-            tf.function(lambda: aug.decode_and_crop_imagenet(j, seed(0, 0))),
-        "crop + resize 224 + flip on decoded pixels (one BA copy)": tf.function(lambda: imagenet(img, seed(0, 0))),
-    }
-    cost = {}
-    for name, fn in stages.items():
+def _timed(fn, n: int) -> float:
+    """ms per call of a tf.function after one warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(n):
         fn()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        cost[name] = (time.perf_counter() - t0) / n * 1e3
-    print("\n| stage | ms per image (1 thread) |\n|---|---|")
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
+    """Per-image cost of each stage on one thread: what bounds the BA speed-up."""
+    from ba_dist import ba
+    j = tf.constant(jpegs[0])
+    imgs = [tf.io.decode_jpeg(tf.constant(x), channels=3) for x in jpegs[:b]]
+    hw = tf.stack([tf.shape(x)[:2] for x in imgs])
+    batch = tf.stack([tf.image.pad_to_bounding_box(x, 0, 0, int(tf.reduce_max(hw[:, 0])), int(tf.reduce_max(hw[:, 1])))
+                      for x in imgs])
+    u = tf.stack([ba.copy_draws(7, 0, 0, i, m, imagenet.draws) for i in range(b)])
+    rows = m * b
+    index = tf.tile(tf.range(b), [m])
+    flat_u = tf.reshape(tf.transpose(u, [1, 0, 2]), [rows, -1])
+    windows = aug.inception_windows(tf.gather(hw, index), flat_u[:, :-1])
+    boxes = tf.cast(tf.stack([windows[:, 0], windows[:, 1], windows[:, 0] + windows[:, 2] - 1,
+                              windows[:, 1] + windows[:, 3] - 1], 1), tf.float32)
+    boxes = boxes / tf.cast(tf.tile([[tf.shape(batch)[1] - 1, tf.shape(batch)[2] - 1]], [1, 2]), tf.float32)
+    tf_op_seed = tf.constant([7, 0], tf.int64)
+    per_copy = {
+        "decode_jpeg (full image), per image": (tf.function(lambda: tf.io.decode_jpeg(j, channels=3)), 1),
+        "decode_and_crop_jpeg + flip + resize (one copy of the obvious path)":
+            (tf.function(lambda: aug.decode_and_crop_imagenet(j, tf_op_seed)), 1),
+        f"one BA copy: ba.copies of {b} images x {m} copies, per copy": (
+            tf.function(lambda: ba.copies(batch, hw, u, imagenet)), rows),
+        "  of which: crop windows of all rows (vectorised sampler), per copy": (
+            tf.function(lambda: aug.inception_windows(tf.gather(hw, index), flat_u[:, :-1])), rows),
+        "  before issue 15: TF's sample_distorted_bounding_box, one call per copy": (tf.function(
+            lambda: tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(imgs[0]), tf.zeros([1, 0, 4]), seed=tf_op_seed, min_object_covered=0.0,
+                aspect_ratio_range=aug.INCEPTION_ASPECT_RANGE, area_range=aug.INCEPTION_AREA_RANGE,
+                use_image_if_no_bounding_boxes=True)), 1),
+        "alternative: one crop_and_resize over all boxes (uint8 in), per copy": (tf.function(
+            lambda: tf.image.crop_and_resize(batch, boxes, index, [224, 224])), rows),
+    }
+    cost = {name: _timed(fn, n) / per for name, (fn, per) in per_copy.items()}
+    print("\n| stage | ms per image or copy (1 thread) |\n|---|---|")
     for name, ms in cost.items():
-        print(f"| {name} | {ms:.2f} |")
-    d, dc, a = cost.values()
-    print("\nBound on the BA speed-up at M copies: (decode_and_crop + its resize) / (decode / M + resize) = "
-          + ", ".join(f"M={m}: {dc / (d / m + a):.2f}x" for m in (1, 2, 4, 8)), flush=True)
+        print(f"| {name} | {ms:.3f} |")
+    d, dc, a = list(cost.values())[:3]
+    print("\nBound on the BA speed-up at M copies: (decode_and_crop + its resize) / (decode / M + one BA copy) = "
+          + ", ".join(f"M={k}: {dc / (d / k + a):.2f}x" for k in (1, 2, 4, 8)), flush=True)
 
 
 def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:

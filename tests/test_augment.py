@@ -271,3 +271,52 @@ def test_mixup_bad_alpha_or_lam():
             A.mixup_batch(x, y, alpha, SEEDS[0])
     with pytest.raises(ValueError, match="lam"):
         A.mixup_batch(x, y, 0.2, SEEDS[0], lam=1.5)
+
+
+# --- The batched Inception window sampler against TensorFlow's per-copy op -----------
+def _tf_op_windows(hw, n, area_range, aspect_range):
+    """n windows (y, x, h, w) from tf.image.stateless_sample_distorted_bounding_box, one call each."""
+    out = []
+    for i in range(n):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [hw[0], hw[1], 3], tf.zeros([1, 0, 4]), seed=[i, 77], min_object_covered=0.0,
+            aspect_ratio_range=aspect_range, area_range=area_range, max_attempts=A.INCEPTION_ATTEMPTS,
+            use_image_if_no_bounding_boxes=True)
+        out.append([begin[0], begin[1], size[0], size[1]])
+    return np.array(out, np.float64)
+
+
+@pytest.mark.parametrize("hw,area_range", [((375, 500), A.INCEPTION_AREA_RANGE), ((375, 500), A.LIGHT_AREA_RANGE),
+                                           ((40, 600), A.INCEPTION_AREA_RANGE)])  # the last: many fallbacks
+def test_batched_windows_have_the_distribution_of_tensorflows_op(hw, area_range):
+    from scipy import stats
+    n = 2000
+    ours = A.inception_windows(tf.tile([list(hw)], [n, 1]),
+                               tf.random.stateless_uniform([n, 2 * A.INCEPTION_ATTEMPTS + 2], [5, 5]),
+                               area_range, A.INCEPTION_ASPECT_RANGE).numpy().astype(np.float64)
+    theirs = _tf_op_windows(hw, n, area_range, A.INCEPTION_ASPECT_RANGE)
+    big_h, big_w = hw
+    for win in (ours, theirs):
+        y, x, h, w = win.T
+        assert (y >= 0).all() and (x >= 0).all() and (y + h <= big_h).all() and (x + w <= big_w).all()
+
+    def features(win):
+        y, x, h, w = win.T
+        return {"area": h * w / (big_h * big_w), "aspect": w / h,
+                "centre y": (y + h / 2) / big_h, "centre x": (x + w / 2) / big_w}
+    for (name, a), b in zip(features(ours).items(), features(theirs).values()):
+        # fixed seeds: the outcome is the same on every run; p < 1e-3 would mean another distribution
+        assert stats.ks_2samp(a, b).pvalue > 1e-3, (name, stats.ks_2samp(a, b))
+    full = [np.mean((win[:, 2] == big_h) & (win[:, 3] == big_w)) for win in (ours, theirs)]
+    assert abs(full[0] - full[1]) < 0.03, full  # the whole-image fallback as often
+
+
+def test_batched_copies_are_deterministic_per_seed_and_in_graph():
+    from ba_dist import ba
+    op = A.get_augment("imagenet", size=48)
+    images = np.stack([IMAGE, IMAGE[::-1]])
+    draws = tf.stack([ba.copy_draws(3, 1, 0, i, 4, op.draws) for i in range(2)])
+    eager = ba.copies(images, None, draws, op).numpy()
+    np.testing.assert_array_equal(eager, ba.copies(images, None, draws, op).numpy())
+    np.testing.assert_array_equal(eager, tf.function(lambda: ba.copies(images, None, draws, op))().numpy())
+    assert len({eager[k].tobytes() for k in range(8)}) == 8   # every copy its own transform

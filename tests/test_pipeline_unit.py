@@ -41,7 +41,7 @@ def test_eval_shard_counts_every_sample_once(n, world):
     assert len(counts) == 1 and sorted(seen) == list(range(n))
 
 
-def test_ba_batch_is_copy_major_and_matches_the_tf_data_path():
+def test_ba_copies_are_copy_major_and_match_the_tf_data_path():
     ctx = dist.init()
     src = sources.get_source("digits")
     b, m = 8, 3
@@ -52,7 +52,8 @@ def test_ba_batch_is_copy_major_and_matches_the_tf_data_path():
     ids = sampler.epoch_ids(0, 0)[0]
     images = np.stack([src.load(int(i)) for i in ids])
     labels = tf.one_hot([src.label(int(i)) for i in ids], 10)
-    x = ba.ba_batch(images, ba.batch_seeds(spec.seed, 0, 0, ids, m), aug.get_augment("digits"))
+    op = aug.get_augment("digits")
+    x = ba.copies(images, None, tf.stack([ba.copy_draws(spec.seed, 0, 0, i, m, op.draws) for i in ids]), op)
     y = ba.repeat(labels, m)
     # the pure function and the pipeline agree exactly (pipeline divides by 255)
     np.testing.assert_allclose(x.numpy() / 255.0, x_data.numpy(), rtol=0, atol=1e-6)

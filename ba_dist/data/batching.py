@@ -1,8 +1,8 @@
 """BA batching in tf.data: a group's unique samples -> this rank's copy-major BA batches.
 
 Every rank makes ``m_local`` augmentations of each of its ``b`` unique samples
-with its own seeds (:func:`ba_dist.ba.copy_seeds`: seed, epoch, global rank,
-sample id, copy) and lays them out copy-major, ``[copy 0 of b images, copy 1,
+with its own draws (:func:`ba_dist.ba.copy_draws`: seed, epoch, global rank,
+sample id, then row c for copy c), all in one batched op, laid out copy-major, ``[copy 0 of b images, copy 1,
 ...]``, then (optionally) applies mixup. So each rank's batch is ``m_local x b``
 examples and the global batch is ``N ranks x m_local x b = B unique x M copies``
 with ``B = groups x b`` and ``M = m_ranks x m_local``. ba-train and the public
@@ -10,7 +10,7 @@ Keras API (:func:`ba_dist.keras.ba_dataset`) both batch through :func:`ba_batche
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -41,14 +41,18 @@ def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_cl
                       aug.get_augment(spec.augment), spec, topology.rank, num_classes)
 
 
-def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSpec, rank: int,
+def ba_batches(elements: tf.data.Dataset, augment_fn, spec: PipelineSpec, rank: int,
                num_classes: int, with_ids: bool = False, onehot: bool = True) -> tf.data.Dataset:
     """The BA batching shared by ba-train and the public Keras API.
+
+    Per sample, only the draws of its copies (:func:`ba_dist.ba.copy_draws`);
+    per step, the ``b`` unique images (zero-padded to one size if they differ)
+    and all ``m_local x b`` copies made in one batched op (:func:`ba_dist.ba.copies`).
 
     Args:
       elements: unique samples in training order, ``(image, label, id, epoch,
         step)``; every ``per_rank_unique`` consecutive elements form one step.
-      augment_fn: ``fn(image, seed) -> image``.
+      augment_fn: an ``augment.Augment`` (or a plain ``fn(image, seed)``).
       spec: copies (``m_local``), normalisation, mixup and the base seed.
       rank: global rank (part of every augmentation seed).
       num_classes: for one-hot labels.
@@ -61,16 +65,17 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
       ``c*b + i`` is copy ``c`` of unique sample ``i``.
     """
     b, m = spec.per_rank_unique, spec.m_local
+    op = aug.as_augment(augment_fn)
 
-    def copies(img, label, i, epoch, step):
-        x = ba.sample_copies(img, ba.copy_seeds(spec.seed, epoch, rank, i, m), augment_fn)
-        return normalize(x, spec), label, i, epoch, step
+    def with_draws(img, label, i, epoch, step):
+        return img, tf.shape(img)[:2], ba.copy_draws(spec.seed, epoch, rank, i, m, op.draws), label, i, epoch, step
 
-    ds = elements.map(copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(b, drop_remainder=True)
+    ds = elements.map(with_draws, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # images of different sizes are zero-padded to the step's largest; their true sizes go along
+    ds = ds.padded_batch(b, drop_remainder=True)
 
-    def copy_major(x, label, ids, epoch, step):
-        x = ba.copy_major(x)  # [b, m, H, W, C] -> [m*b, H, W, C]
+    def make_copies(x, sizes, draws, label, ids, epoch, step):
+        x = normalize(ba.copies(x, sizes, draws, op), spec)   # [m*b, H', W', C], copy-major
         y = ba.repeat(label, m)
         if onehot or spec.mixup_alpha > 0:
             y = tf.one_hot(y, num_classes)
@@ -78,7 +83,7 @@ def ba_batches(elements: tf.data.Dataset, augment_fn: Callable, spec: PipelineSp
             x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch[0], step[0], rank))
         return (x, y, ba.repeat(ids, m)) if with_ids else (x, y)
 
-    ds = ds.map(copy_major, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(make_copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

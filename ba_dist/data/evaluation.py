@@ -61,7 +61,7 @@ def make_eval_dataset(source: Source, spec: PipelineSpec, rank: int, world_size:
 
     With ``tta = N > 0`` (test-time augmentation, paper Table 5) images are
     ``[batch, N, H, W, C]``: N copies of each sample under the *training*
-    augmentation, seeded by (seed, ``ba.TTA_EPOCH``, sample id, copy). The rank is
+    augmentation, drawn from (seed, ``ba.TTA_EPOCH``, sample id; row c for copy c). The rank is
     left out of the seed on purpose, so the result does not depend on how
     many ranks share the evaluation.
     """
@@ -93,7 +93,8 @@ def make_eval_dataset(source: Source, spec: PipelineSpec, rank: int, world_size:
         augment_fn = aug.get_augment(spec.augment)
 
         def prepare(x, y, w, i):
-            copies = ba.sample_copies(x, ba.copy_seeds(spec.seed, ba.TTA_EPOCH, 0, i, tta), augment_fn)
+            draws = ba.copy_draws(spec.seed, ba.TTA_EPOCH, 0, i, tta, augment_fn.draws)
+            copies = ba.sample_copies(x, draws, augment_fn)
             return normalize(copies, spec), y, w
     else:
         transform = aug.get_augment(spec.eval_transform)

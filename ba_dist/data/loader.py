@@ -145,8 +145,8 @@ class GroupLoader:
         """Replace failed items by the next good one of the step; identical on every rank.
 
         The slot keeps its own sampler id (only the image and label are the
-        substitute's): the id keys the augmentation seeds (``ba.copy_seeds``), so
-        the substitute's copies get seeds of their own instead of repeating, copy
+        substitute's): the id keys the augmentation draws (``ba.copy_draws``), so
+        the substitute's copies get draws of their own instead of repeating, copy
         for copy, those of the sample it duplicates. Returned ids are therefore
         the sampler's ids of the step, a corrupt sample's included.
         """

@@ -199,7 +199,7 @@ def test_damaged_sample_is_skipped_and_counted(kind, tmp_path, caplog):
     assert all(0 <= y < src.num_classes for y in labels)
 
 
-def test_substitute_copies_get_their_own_seeds(tmp_path):
+def test_substitute_copies_get_their_own_draws(tmp_path):
     """Issue 14: a substitute's BA copies differ from those of the sample it duplicates."""
     from ba_dist import ba
     from ba_dist.data import augment
@@ -212,14 +212,14 @@ def test_substitute_copies_get_their_own_seeds(tmp_path):
     flip = augment.get_augment("cifar")
 
     def copies(j):   # what ba_batches makes of slot j (seed 0, epoch 0, rank 0, 4 copies)
-        return ba.sample_copies(tf.constant(images[j]), ba.copy_seeds(0, 0, 0, ids[j], 4), flip).numpy()
+        return ba.sample_copies(tf.constant(images[j]), ba.copy_draws(0, 0, 0, ids[j], 4, flip.draws), flip).numpy()
 
     assert not np.array_equal(copies(k), copies(dup))    # same image, different augmentations
-    for j in range(len(ids)):   # every other slot: the seeds of the id the sampler drew, as before
+    for j in range(len(ids)):   # every other slot: the draws of the id the sampler drew, as before
         if j != k:
             assert ids[j] == drawn[j]
             np.testing.assert_array_equal(copies(j), ba.sample_copies(
-                tf.constant(images[j]), ba.copy_seeds(0, 0, 0, drawn[j], 4), flip).numpy())
+                tf.constant(images[j]), ba.copy_draws(0, 0, 0, drawn[j], 4, flip.draws), flip).numpy())
 
 
 @pytest.mark.parametrize("kind", [k for k, (_, r) in FOLDER_FAULTS.items() if r] + list(TFRECORD_FAULTS))
