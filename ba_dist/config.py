@@ -48,6 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.augment = ""                 # "" = the source's label-preserving default
     c.input.eval_transform = ""          # "" = the source's default
     c.input.broadcast = "decoded"        # decoded | encoded | none
+    c.input.copies_on = "auto"           # where the BA copies are made: auto (the GPU if one is visible,
+                                         # else the host) | host (tf.data) | device (the train step)
     c.input.on_corrupt = "skip"          # skip (count) | error (stop, name the file)
     c.input.mixup_alpha = 0.0
     c.input.normalize = "none"           # none (x/255) | cifar10 | imagenet
@@ -104,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {
     "input.broadcast": ("decoded", "encoded", "none"),
+    "input.copies_on": ("auto", "host", "device"),
     "input.on_corrupt": ("skip", "error"),
     "input.normalize": ("none", "cifar10", "imagenet"),
     "model.bn": ("batch", "ghost", "none"),

@@ -159,8 +159,9 @@ def _precise_bn(cfg, ctx, net, num_batches: int, info: dict) -> None:
     b, world = info["per_rank_batch"], ctx.size
     data = data_build.build(cfg, config_lib.Layout(world, b * world, 1, 1, 1, world, b), ctx)
     ds, loader = data.train_dataset(int(info["epoch"] or 0), 0, num_batches)
+    maker = data.copy_maker()   # input.copies_on='device': the dataset yields unique batches
     try:
-        used = update_bn_statistics(net, ds, num_batches)
+        used = update_bn_statistics(net, ds, num_batches, prepare=maker and (lambda batch: maker.on_device(*batch)))
     finally:
         loader.stop()
     info["precise_bn_batches"] = used

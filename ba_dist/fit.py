@@ -281,7 +281,8 @@ class FitLoop:
         from ba_dist.precise_bn import update_bn_statistics
         ds = self.task.dataset(self.state.epoch, 0, num_batches)
         try:
-            used = update_bn_statistics(self.parts.net, ds, num_batches)
+            used = update_bn_statistics(self.parts.net, ds, num_batches,
+                                        prepare=getattr(self.parts.model, "prepare_batch", None))
         except BaseException:
             self.task.end_dataset(failed=True)
             raise

@@ -20,7 +20,7 @@ the weights are untouched, momenta are restored afterwards.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import tensorflow as tf
 
@@ -36,7 +36,8 @@ def bn_layers(net: tf.keras.Model) -> list:
     return [m for m in net.submodules if isinstance(m, kinds) and m.trainable]
 
 
-def update_bn_statistics(net: tf.keras.Model, batches: Iterable, num_batches: int) -> int:
+def update_bn_statistics(net: tf.keras.Model, batches: Iterable, num_batches: int,
+                         prepare: Optional[Callable] = None) -> int:
     """Set every BN layer's moving statistics to their mean over ``num_batches`` batches and all ranks.
 
     Collective (after :func:`ba_dist.dist.init`): every rank calls it with the same ``num_batches``.
@@ -45,6 +46,8 @@ def update_bn_statistics(net: tf.keras.Model, batches: Iterable, num_batches: in
       net: the network (called as ``net(x, training=True)``).
       batches: training batches, ``x`` or ``(x, y, ...)`` each; only the first ``num_batches`` are used.
       num_batches: N > 0.
+      prepare: maps a dataset element to ``(x, y)`` first (the train step's
+        ``prepare_batch`` when the data yields unique batches); None: as is.
 
     Returns:
       The number of batches used on this rank.
@@ -68,6 +71,8 @@ def update_bn_statistics(net: tf.keras.Model, batches: Iterable, num_batches: in
         for batch in batches:
             if used == num_batches:
                 break
+            if prepare is not None:     # e.g. unique batches whose BA copies the train step makes
+                batch = prepare(batch)
             forward(batch[0] if isinstance(batch, (tuple, list)) else batch)
             sums = [s + tf.cast(v, tf.float64) for s, v in zip(sums, stats)]
             used += 1

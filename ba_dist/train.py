@@ -80,7 +80,8 @@ class ImageTask(fit.Task):
         model = train_step.BATrainModel(self.net, cfg.optim.weight_decay, cfg.optim.decay_biases,
                                         cfg.optim.label_smoothing, cfg.optim.grad_compression,
                                         auxiliary_weight=cfg.model.auxiliary_weight,
-                                        grad_clip_norm=cfg.optim.grad_clip_norm)
+                                        grad_clip_norm=cfg.optim.grad_clip_norm,
+                                        copy_maker=self.data.copy_maker())
         model.compile(optimizer=opt)
         if cfg.train.xla:
             model.enable_xla()

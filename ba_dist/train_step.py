@@ -56,12 +56,15 @@ class BATrainModel(tf.keras.Model):
       auxiliary_weight: weight ``a`` of the auxiliary classifier's cross-entropy; the
         network then outputs ``[logits, aux_logits]`` (DARTS: 0.4). 0: a single output.
       grad_clip_norm: clip the averaged loss gradient to this global norm (DARTS: 5); 0: off.
+      copy_maker: with ``input.copies_on='device'``, the data's ``CopyMaker``: the
+        step receives unique batches and makes the BA copies itself, on the model's device.
     """
 
     def __init__(self, net: tf.keras.Model, weight_decay: float = 0.0, decay_biases: bool = True,
                  label_smoothing: float = 0.0, grad_compression: str = "none", auxiliary_weight: float = 0.0,
-                 grad_clip_norm: float = 0.0):
+                 grad_clip_norm: float = 0.0, copy_maker=None):
         super().__init__(name="ba_train")
+        self.copy_maker = copy_maker
         self.net = net
         self.weight_decay = weight_decay
         self.decayed = optim.decayed_variables(net, decay_biases=decay_biases) if weight_decay > 0 else []
@@ -114,8 +117,18 @@ class BATrainModel(tf.keras.Model):
         """
         self.local_gradients = tf.function(self.local_gradients, jit_compile=True)
 
+    def prepare_batch(self, data):
+        """A dataset element -> ``(x, y)``: the BA copies are made here when the data yields unique batches."""
+        x, y = data[0], data[1]
+        if isinstance(x, dict):
+            if self.copy_maker is None:
+                raise ValueError("the dataset yields unique batches (input.copies_on='device') but the model "
+                                 "has no copy_maker")
+            x, y = self.copy_maker.on_device(x, y)
+        return x, y
+
     def train_step(self, data):
-        x, y = data
+        x, y = self.prepare_batch(data)
         tvars = self.net.trainable_variables
         opt = self.optimizer
         mixed = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)

@@ -45,7 +45,7 @@ LAUNCHES_MPIRUN = (
 SLOW = (
     "fixture:step_results",      # test_configs.py: every config for two real steps, all model families
     "fixture:digits_run",        # test_evaluate.py: trains the digits for an epoch, then ba-eval
-    "test_train_mpi.py::test_single_process_without_mpirun",
+    "test_train_mpi.py::test_single_process_without_mpirun_copies_on_host_and_on_device",
     "test_train_mpi.py::test_xla_and_mixed_precision_switches",
     "test_models.py::test_digits_cnn_with_ghost_bn_learns_uci_digits",
 )

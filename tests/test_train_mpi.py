@@ -51,14 +51,23 @@ def test_world_not_divisible_by_m_ranks_exits_fast():
     assert time.monotonic() - t0 < 60
 
 
-def test_single_process_without_mpirun(tmp_path):
-    res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path), "--config.ba.m_ranks=1",
-                                  "--config.train.max_steps=10", "--config.train.epochs=2"],
-              timeout=300, env=rank_env())
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert "1 ranks x 256 per rank (4 copies x 64 unique)" in res.stdout
-    result = json.loads((tmp_path / "result.json").read_text())
-    assert result["global_step"] == 10
+def test_single_process_without_mpirun_copies_on_host_and_on_device(tmp_path):
+    """One process, no mpirun; the BA copies made in tf.data (host) or in the train step (device,
+    forced on this CPU-only machine, with precise BN reading unique batches too): the same training."""
+    results = {}
+    for where in ("host", "device"):
+        res = run(BA_TRAIN + SMOKE + ["--workdir", str(tmp_path / where), "--config.ba.m_ranks=1",
+                                      "--config.train.max_steps=10", "--config.train.epochs=2",
+                                      f"--config.input.copies_on={where}", "--config.train.precise_bn_batches=2",
+                                      "--config.train.deterministic=True"],
+                  timeout=300, env=rank_env())
+        assert res.returncode == 0, res.stdout[-4000:]
+        assert "1 ranks x 256 per rank (4 copies x 64 unique)" in res.stdout
+        assert f"copies made on the {where}" in res.stdout, res.stdout[-3000:]
+        results[where] = json.loads((tmp_path / where / "result.json").read_text())
+        assert results[where]["global_step"] == 10
+    # same draws and ops: the batches agree to float rounding, so the runs do too
+    assert abs(results["host"]["val_loss"] - results["device"]["val_loss"]) < 1e-3, results
 
 
 @pytest.mark.parametrize("override,msg", [

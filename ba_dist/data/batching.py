@@ -20,7 +20,7 @@ from ba_dist.data import augment as aug
 from ba_dist.data.loader import GroupLoader, PipelineSpec, loader_elements
 from ba_dist.data.sources import CorruptSampleError, DataSourceError, Source
 
-__all__ = ["make_train_dataset", "ba_batches", "normalize", "output_shape", "first_loadable", "fixed_size"]
+__all__ = ["make_train_dataset", "ba_batches", "CopyMaker", "normalize", "output_shape", "first_loadable", "fixed_size"]
 
 
 def normalize(x, spec: PipelineSpec):
@@ -32,22 +32,60 @@ def normalize(x, spec: PipelineSpec):
 
 def make_train_dataset(loader: GroupLoader, spec: PipelineSpec, topology, num_classes: int,
                        image_shape: Optional[tuple] = None) -> tf.data.Dataset:
-    """tf.data dataset of this rank's BA batches ``(images [m_local*b, ...], onehot labels)``.
+    """tf.data dataset of this rank's steps, one element per step.
 
-    Elements follow the loader's steps one to one, so ``steps_per_epoch``
-    batches make one epoch on every rank.
+    ``spec.copies_on == "host"``: BA batches ``(images [m_local*b, ...], onehot labels)``.
+    ``"device"``: unique batches ``(dict, labels [b])`` that :meth:`CopyMaker.on_device`
+    turns into the same BA batches inside the train step. Elements follow the
+    loader's steps one to one, so ``steps_per_epoch`` elements make one epoch on every rank.
     """
     return ba_batches(loader_elements(loader, spec.per_rank_unique, image_shape),
-                      aug.get_augment(spec.augment), spec, topology.rank, num_classes)
+                      aug.get_augment(spec.augment), spec, topology.rank, num_classes,
+                      unique_only=spec.copies_on == "device")
+
+
+class CopyMaker:
+    """A step's unique batch -> this rank's BA batch: copies, normalisation, labels, mixup.
+
+    The one place a BA batch is made: in tf.data (``copies_on='host'``) or in
+    the train step on the model's device (``'device'``: each unique image
+    crosses to the device once, as uint8, and the M copies are made there).
+    Same ops, same draws: the two placements give the same batch.
+    """
+
+    def __init__(self, augment_fn, spec: PipelineSpec, rank: int, num_classes: int, onehot: bool = True):
+        self.op = aug.as_augment(augment_fn)
+        self.spec, self.rank, self.num_classes, self.onehot = spec, rank, num_classes, onehot
+
+    def draws(self, epoch, sample_id) -> tf.Tensor:
+        """``[m_local, op.draws]`` draws of one sample's copies on this rank."""
+        return ba.copy_draws(self.spec.seed, epoch, self.rank, sample_id, self.spec.m_local, self.op.draws)
+
+    def __call__(self, x, sizes, draws, label, epoch, step):
+        """``x [b, H, W, C]`` (zero-padded), ``sizes [b, 2]``, ``draws [b, m, k]``, ``label [b]``, epoch/step
+        scalars -> ``(images [m*b, ...], labels)``, copy-major."""
+        spec, m = self.spec, self.spec.m_local
+        x = normalize(ba.copies(x, sizes, draws, self.op), spec)
+        y = ba.repeat(label, m)
+        if self.onehot or spec.mixup_alpha > 0:
+            y = tf.one_hot(y, self.num_classes)
+        if spec.mixup_alpha > 0:
+            x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch, step, self.rank))
+        return x, y
+
+    def on_device(self, unique: dict, label):
+        """The train step's half of ``copies_on='device'``: a unique-batch element -> the BA batch."""
+        return self(unique["images"], unique["sizes"], unique["draws"], label, unique["epoch"], unique["step"])
 
 
 def ba_batches(elements: tf.data.Dataset, augment_fn, spec: PipelineSpec, rank: int,
-               num_classes: int, with_ids: bool = False, onehot: bool = True) -> tf.data.Dataset:
+               num_classes: int, with_ids: bool = False, onehot: bool = True,
+               unique_only: bool = False) -> tf.data.Dataset:
     """The BA batching shared by ba-train and the public Keras API.
 
     Per sample, only the draws of its copies (:func:`ba_dist.ba.copy_draws`);
     per step, the ``b`` unique images (zero-padded to one size if they differ)
-    and all ``m_local x b`` copies made in one batched op (:func:`ba_dist.ba.copies`).
+    and all ``m_local x b`` copies made in one batched op (:class:`CopyMaker`).
 
     Args:
       elements: unique samples in training order, ``(image, label, id, epoch,
@@ -59,29 +97,30 @@ def ba_batches(elements: tf.data.Dataset, augment_fn, spec: PipelineSpec, rank: 
       with_ids: also yield the ``[m_local*b]`` sample ids (for audits and tests).
       onehot: labels as one-hot ``[m_local*b, K]`` floats; False keeps the
         integer class ids ``[m_local*b]`` (mixup needs one-hot: then it is forced).
+      unique_only: yield the unique batch ``({"images", "sizes", "draws",
+        "epoch", "step"}, labels [b])`` and leave the copies to
+        ``CopyMaker.on_device`` in the train step.
 
     Returns:
       Batches ``(images [m_local*b, ...], labels)`` in copy-major order: row
       ``c*b + i`` is copy ``c`` of unique sample ``i``.
     """
-    b, m = spec.per_rank_unique, spec.m_local
-    op = aug.as_augment(augment_fn)
+    maker = CopyMaker(augment_fn, spec, rank, num_classes, onehot)
 
     def with_draws(img, label, i, epoch, step):
-        return img, tf.shape(img)[:2], ba.copy_draws(spec.seed, epoch, rank, i, m, op.draws), label, i, epoch, step
+        return img, tf.shape(img)[:2], maker.draws(epoch, i), label, i, epoch, step
 
     ds = elements.map(with_draws, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # images of different sizes are zero-padded to the step's largest; their true sizes go along
-    ds = ds.padded_batch(b, drop_remainder=True)
+    ds = ds.padded_batch(spec.per_rank_unique, drop_remainder=True)
+    if unique_only:
+        def unique(x, sizes, draws, label, ids, epoch, step):
+            return {"images": x, "sizes": sizes, "draws": draws, "epoch": epoch[0], "step": step[0]}, label
+        return ds.map(unique).prefetch(tf.data.AUTOTUNE)
 
     def make_copies(x, sizes, draws, label, ids, epoch, step):
-        x = normalize(ba.copies(x, sizes, draws, op), spec)   # [m*b, H', W', C], copy-major
-        y = ba.repeat(label, m)
-        if onehot or spec.mixup_alpha > 0:
-            y = tf.one_hot(y, num_classes)
-        if spec.mixup_alpha > 0:
-            x, y = aug.mixup_batch(x, y, spec.mixup_alpha, ba.mixup_seed(spec.seed, epoch[0], step[0], rank))
-        return (x, y, ba.repeat(ids, m)) if with_ids else (x, y)
+        x, y = maker(x, sizes, draws, label, epoch[0], step[0])      # [m*b, H', W', C], copy-major
+        return (x, y, ba.repeat(ids, spec.m_local)) if with_ids else (x, y)
 
     ds = ds.map(make_copies, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

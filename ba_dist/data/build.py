@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from ba_dist import dist
 from ba_dist.data import augment
-from ba_dist.data.batching import first_loadable, fixed_size, make_train_dataset, output_shape
+from ba_dist.data.batching import CopyMaker, first_loadable, fixed_size, make_train_dataset, output_shape
 from ba_dist.data.evaluation import make_eval_dataset
 from ba_dist.data.loader import GroupLoader, PipelineSpec
 from ba_dist.data.sampler import GroupSampler
@@ -32,6 +32,13 @@ _NORMALIZE = {"none": (None, None), "cifar10": (augment.CIFAR10_MEAN, augment.CI
               "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD)}
 
 
+def copies_on(setting: str) -> str:
+    """``input.copies_on`` resolved: "auto" is "device" when TensorFlow sees a GPU, else "host"."""
+    if setting == "auto":
+        return "device" if tf.config.list_logical_devices("GPU") else "host"
+    return setting
+
+
 def make_spec(cfg, lay, train_src: Source) -> PipelineSpec:
     """The input pipeline's :class:`PipelineSpec` from the config and the batch layout."""
     mean, std = _NORMALIZE[cfg.input.normalize]
@@ -40,7 +47,8 @@ def make_spec(cfg, lay, train_src: Source) -> PipelineSpec:
         augment=cfg.input.augment or train_src.default_augment,
         eval_transform=cfg.input.eval_transform or train_src.default_eval,
         broadcast=cfg.input.broadcast, on_corrupt=cfg.input.on_corrupt, mixup_alpha=cfg.input.mixup_alpha,
-        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed)
+        mean=mean, std=std, prefetch=cfg.input.prefetch, read_threads=cfg.input.read_threads, seed=cfg.seed,
+        copies_on=copies_on(cfg.input.get("copies_on", "auto")))
 
 
 def input_shape(spec: PipelineSpec, src: Source) -> tuple:
@@ -84,6 +92,12 @@ class TrainerData:
         ds = make_train_dataset(loader, self.spec, self.topology, self.num_classes, self.train_source.image_shape)
         return ds, loader
 
+    def copy_maker(self) -> Optional[CopyMaker]:
+        """What the train step calls on each unique batch when ``spec.copies_on == 'device'``, else None."""
+        if self.spec.copies_on != "device":
+            return None
+        return CopyMaker(augment.get_augment(self.spec.augment), self.spec, self.topology.rank, self.num_classes)
+
     def eval_dataset(self, batch_size: Optional[int] = None, tta: int = 0) -> tf.data.Dataset:
         """This rank's exact shard of the evaluation split (see :func:`make_eval_dataset`)."""
         t = self.topology
@@ -101,7 +115,8 @@ class TrainerData:
     def describe(self, epochs: int) -> str:
         return (f"{self.train_source.name} train {len(self.train_source)} / eval {len(self.eval_source)} samples, "
                 f"{self.steps_per_epoch} steps per epoch x {epochs} epochs, augment '{self.spec.augment}', "
-                f"broadcast '{self.spec.broadcast}', input {self.input_shape}")
+                f"broadcast '{self.spec.broadcast}', copies made on the {self.spec.copies_on}, "
+                f"input {self.input_shape}")
 
 
 def _open(cfg, split: str) -> Source:

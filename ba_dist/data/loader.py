@@ -57,6 +57,8 @@ class PipelineSpec:
       seed: base seed of the job.
       image_shape: when set, the decoded shape every training sample must have
         (the augmentation keeps the input size); another size is a corrupt sample.
+      copies_on: "host" (tf.data makes the BA batches) | "device" (tf.data yields
+        the unique batch, the train step makes the copies where the model runs).
     """
 
     per_rank_unique: int
@@ -72,8 +74,11 @@ class PipelineSpec:
     read_threads: int = 4
     seed: int = 0
     image_shape: Optional[tuple] = None
+    copies_on: str = "host"
 
     def __post_init__(self):
+        if self.copies_on not in ("host", "device"):
+            raise ValueError(f"copies_on must be 'host' or 'device', got {self.copies_on!r}")
         if self.broadcast not in BROADCAST_MODES:
             raise ValueError(f"broadcast must be one of {BROADCAST_MODES}, got {self.broadcast!r}")
         if self.on_corrupt not in ("skip", "error"):
