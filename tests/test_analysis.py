@@ -8,6 +8,7 @@ else runs in this process on the embedded digits or synthetic tensors.
 """
 import json
 import math
+import re
 import textwrap
 
 import numpy as np
@@ -298,10 +299,24 @@ def test_cli_flags_belong_to_their_subcommand(capsys):
         (["scaling", "--model", "mlp"], "scaling needs --max-ranks"),
         (["grad-corr", "--workdir", "a", "--config", "b"], "exactly one of --workdir"),
         (["throughput", "--model", "mlp", "--repeats", "many"], "--repeats=many"),
-        (["--n", "3"], "expected one subcommand of grad-corr, throughput, scaling, got none"),
+        (["--n", "3"], "expected one subcommand of grad-corr, throughput, scaling, copies, got none"),
+        (["copies", "--source-size", "big"], "--source-size must be HxW"),
+        (["copies", "--transform", "sepia"], "Unknown augmentation 'sepia'"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     assert cli.main(["grad-corr", "--config", SMOKE], prog="ba-bench", commands=("bench",)) == 2
-    assert "one subcommand of throughput, scaling, got ['grad-corr']" in capsys.readouterr().err
+    assert "one subcommand of throughput, scaling, copies, got ['grad-corr']" in capsys.readouterr().err
+
+
+def test_bench_copies_names_the_device_and_times_both_placements(capsys):
+    """ba-bench copies: what a GPU user runs to see where input.copies_on='auto' makes the copies."""
+    assert cli.main(["copies", "--source-size", "60x80", "--unique", "4", "--copies", "2", "--repeats", "2"],
+                    prog="ba-bench", commands=("bench",)) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (host|device) \| (\S+) \| (\d+) \| ([0-9.]+) \|$", out, re.M)
+    assert [r[0] for r in rows] == ["host", "device"] and all(int(r[2]) > 0 for r in rows), out
+    assert rows[0][1].endswith("CPU:0")
+    if not tf.config.list_logical_devices("GPU"):
+        assert rows[1][1].endswith("CPU:0") and "No GPU visible" in out

@@ -8,6 +8,7 @@ benchmarks (Table 3); ``ba-bench`` is the same without grad-corr.
         [--n 100] [--seed S] [--augment NAME ...] [--checkpoint latest|best|PATH] [--out FILE]
     ba-analyze throughput --model NAME ...      # as ba-bench throughput
     ba-analyze scaling --model NAME ...         # as ba-bench scaling
+    ba-analyze copies ...                       # as ba-bench copies
 
 Example (Table 1 of a trained run, 100 samples as the paper):
 
@@ -35,11 +36,14 @@ from ba_dist import cli
 
 __all__ = ["BENCH_USAGE", "FLAGS", "run", "bench", "main"]
 
-BENCH_USAGE = """``ba-bench``: images/s of the training step, one model (the paper's Table 3).
+BENCH_USAGE = """``ba-bench``: images/s of the training step, one model (the paper's Table 3),
+and where (and how fast) the BA copies are made.
 
     ba-bench throughput --model NAME [--image-size 32 --channels 3 --num-classes 10]
         [--batch-sizes 1,2,...,256] [--repeats 5] [--out-dir DIR]      # Table 3
     ba-bench scaling --model NAME --max-ranks N [--batch-size 32]      # 1..N ranks under mpirun
+    ba-bench copies [--transform imagenet --source-size 375x500 --unique 32 --copies 4]
+                                                     # copies on the host vs on the GPU (copies_on)
 
 Example (throughput of ResNet44 on CIFAR-shaped input, per-rank batch 1..256):
 
@@ -92,6 +96,11 @@ flags.DEFINE_integer("max-ranks", None, "scaling: largest world size (runs 1..N 
 flags.DEFINE_integer("batch-size", 32, "scaling: per-rank batch size", flag_values=FLAGS)
 flags.DEFINE_string("mpirun", "mpirun", "scaling: the mpirun command", flag_values=FLAGS)
 flags.DEFINE_float("timeout", 1800, "scaling: seconds per launch", flag_values=FLAGS)
+flags.DEFINE_string("transform", "imagenet", "copies: the training augmentation", flag_values=FLAGS)
+flags.DEFINE_string("source-size", "375x500", "copies: largest decoded image, HxW (sizes vary down to 80%)",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("unique", 32, "copies: unique images per step (b)", flag_values=FLAGS)
+flags.DEFINE_integer("copies", 4, "copies: copies of each image per rank (m_local)", flag_values=FLAGS)
 
 _BENCH_FLAGS = ("model", "image-size", "channels", "num-classes", "bn", "repeats", "steps", "min-images",
                 "warmup", "seed", "out-dir")
@@ -100,6 +109,7 @@ SUBCOMMAND_FLAGS = {
     "grad-corr": ("workdir", "config", "n", "seed", "augment", "checkpoint", "eval-samples", "out"),
     "throughput": _BENCH_FLAGS + ("batch-sizes", "threads", "json", "quiet"),
     "scaling": _BENCH_FLAGS + ("max-ranks", "batch-size", "threads", "mpirun", "timeout"),
+    "copies": ("transform", "source-size", "unique", "copies", "repeats"),
 }
 
 
@@ -289,10 +299,28 @@ def _scaling(args, say) -> int:
     return 0
 
 
+def _copies(args, say) -> int:
+    from ba_dist.data import augment as aug
+    try:
+        height, width = (int(v) for v in args.source_size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--source-size must be HxW, e.g. 375x500, got {args.source_size!r}") from None
+    if min(height, width, args.unique, args.copies, args.repeats) < 1:
+        raise UsageError("--source-size, --unique, --copies and --repeats must be positive")
+    try:
+        aug.get_augment(args.transform)
+    except ValueError as e:
+        raise UsageError(f"--transform: {e}") from None
+    from ba_dist.analysis import copies
+    rows = copies.measure(args.transform, height, width, args.unique, args.copies, args.repeats)
+    print(copies.markdown(rows, args.transform, height, width, args.unique, args.copies), flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------
-_RUN = {"grad-corr": _grad_corr, "throughput": _throughput, "scaling": _scaling}
+_RUN = {"grad-corr": _grad_corr, "throughput": _throughput, "scaling": _scaling, "copies": _copies}
 
 
 def _flag_names(commands: Sequence[str]) -> list[str]:
@@ -314,7 +342,7 @@ def _parse(argv: Sequence[str], prog: str, commands: Sequence[str]):
     if stray:
         raise UsageError(f"{command} does not take {', '.join(stray)}")
     args = SimpleNamespace(**{n.replace("-", "_"): FLAGS[n].value for n in names})
-    required = {"grad-corr": (), "throughput": ("model",), "scaling": ("model", "max-ranks")}[command]
+    required = {"grad-corr": (), "throughput": ("model",), "scaling": ("model", "max-ranks"), "copies": ()}[command]
     missing = [f"--{n}" for n in required if FLAGS[n].value is None]
     if missing:
         raise UsageError(f"{command} needs {', '.join(missing)}")
@@ -324,7 +352,7 @@ def _parse(argv: Sequence[str], prog: str, commands: Sequence[str]):
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: str = "ba-analyze",
-         commands: Sequence[str] = ("grad-corr", "throughput", "scaling")) -> int:
+         commands: Sequence[str] = ("grad-corr", "throughput", "scaling", "copies")) -> int:
     """Parse ``argv`` (without the program name) and run one subcommand; returns the exit code."""
     commands = [c for c in _RUN if c in commands or (c != "grad-corr" and "bench" in commands)]
     rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
@@ -356,7 +384,7 @@ def run() -> None:
 def bench() -> None:
     """Console script ``ba-bench``."""
     cli.run(lambda argv: main(argv[1:], prog="ba-bench", commands=("bench",)), usage=BENCH_USAGE,
-            flag_names=_flag_names(("throughput", "scaling")), flag_values=FLAGS)
+            flag_names=_flag_names(("throughput", "scaling", "copies")), flag_values=FLAGS)
 
 
 if __name__ == "__main__":
