@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -108,6 +109,9 @@ class GroupLoader:
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
         self.skipped = 0
+        # bytes to reserve for a step's decoded broadcast payload (grows with the largest step)
+        shape = spec.image_shape
+        self._payload_capacity = spec.per_rank_unique * int(np.prod(shape)) if shape is not None else 0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
@@ -141,18 +145,20 @@ class GroupLoader:
             return e
         return img
 
-    def _substitute(self, ids, labels, items, epoch, step):
-        """Replace failed items by the next good one of the step; identical on every rank.
+    def _substitute(self, ids, items, epoch, step) -> list[int]:
+        """For each slot, the slot whose image it carries: itself, or for a failed item
+        the next good one of the step; identical on every rank.
 
         The slot keeps its own sampler id (only the image and label are the
         substitute's): the id keys the augmentation seeds (``ba.copy_seeds``), so
         the substitute's copies get seeds of their own instead of repeating, copy
-        for copy, those of the sample it duplicates. Returned ids are therefore
-        the sampler's ids of the step, a corrupt sample's included.
+        for copy, those of the sample it duplicates. The step's ids are therefore
+        the sampler's ids, a corrupt sample's included.
         """
         bad = [k for k, it in enumerate(items) if isinstance(it, Exception) or it is None]
+        source = list(range(len(items)))
         if not bad:
-            return ids, labels, items
+            return source
         where = [self.source.describe(int(ids[k])) + (f" ({items[k].reason})" if isinstance(items[k], CorruptSampleError) else "")
                  for k in bad]
         if self.spec.on_corrupt == "error":
@@ -161,14 +167,12 @@ class GroupLoader:
         good = [k for k in range(len(items)) if k not in set(bad)]
         if not good:
             raise DataError(f"every sample of epoch {epoch} step {step} is corrupt: {'; '.join(where)}")
-        labels, items = labels.copy(), list(items)
         for k in bad:
-            src = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
-            labels[k], items[k] = labels[src], items[src]
+            source[k] = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
         self.skipped += len(bad)
         if self.topo.is_chief:
             log.warning("skipped %d corrupt sample(s) at epoch %d step %d: %s", len(bad), epoch, step, "; ".join(where))
-        return ids, labels, items
+        return source
 
     def _label(self, i):
         # A source that reads the label from the record (TFRecord, tfds) can
@@ -178,10 +182,33 @@ class GroupLoader:
         except CorruptSampleError as e:
             return e
 
+    def _decode_into(self, payload: broadcast.DecodedPayload, k: int, raw, i: int):
+        """Decode sample ``i`` straight into slot ``k`` of the step's broadcast payload.
+
+        Runs in a read thread: the one copy of the pixels (decoder output ->
+        payload) is made here, beside the other decodes, not at the send.
+        Returns True, or the sample's error.
+        """
+        img = self._decode(raw, i)
+        if isinstance(img, Exception):
+            return img
+        payload.put(k, img)
+        return True
+
+    def _labels(self, ids, items):
+        # After decoding: a source that keeps the label inside the record
+        # (TFRecord) has parsed it by now, so this reads nothing again. A label
+        # that fails makes its sample a failed item.
+        got = [it if isinstance(it, Exception) else self._label(i) for i, it in zip(ids, items)]
+        labels = np.array([-1 if isinstance(y, Exception) else y for y in got], np.int64)
+        return labels, [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
+
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
         """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
         mode = self.spec.broadcast if self.channel is not None else "none"
         count = len(ids)
+        if mode == "decoded":
+            return self._produce_decoded(epoch, step, ids)
         if mode == "none" or self.topo.is_reader:
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
@@ -190,30 +217,40 @@ class GroupLoader:
                 broadcast.bcast_encoded(self.channel, count, ids, payloads)
             else:
                 ids, payloads = broadcast.bcast_encoded(self.channel, count)
-        if mode in ("none", "encoded") or self.topo.is_reader:
-            items = list(self._pool.map(self._decode, payloads, ids))
-            # Labels after decoding: a source that keeps the label inside the
-            # record (TFRecord) has parsed it by now, so this reads nothing again.
-            got = [it if isinstance(it, Exception) else self._label(i) for i, it in zip(ids, items)]
-            labels = np.array([-1 if isinstance(y, Exception) else y for y in got], np.int64)
-            items = [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
-        if mode == "decoded":
-            if self.topo.is_reader:
-                before = self.skipped
-                try:
-                    ids, labels, items = self._substitute(ids, labels, items, epoch, step)
-                except DataError as e:
-                    broadcast.bcast_error(self.channel, count, str(e))
-                    raise
-                broadcast.bcast_decoded(self.channel, count, ids, labels, items, self.skipped - before)
-            else:
-                try:
-                    ids, labels, items, substituted = broadcast.bcast_decoded(self.channel, count)
-                except broadcast.GroupBroadcastError as e:
-                    raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
-                self.skipped += substituted  # every rank of the group reports the same count
+        labels, items = self._labels(ids, list(self._pool.map(self._decode, payloads, ids)))
+        source = self._substitute(ids, items, epoch, step)
+        return ids, labels[source], [items[s] for s in source]
+
+    def _produce_decoded(self, epoch: int, step: int, ids: np.ndarray):
+        """broadcast='decoded': the reader decodes into the payload it then sends as is."""
+        count = len(ids)
+        if not self.topo.is_reader:
+            try:
+                ids, labels, items, substituted = broadcast.bcast_decoded(self.channel, count)
+            except broadcast.GroupBroadcastError as e:
+                raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
+            self.skipped += substituted  # every rank of the group reports the same count
             return ids, labels, items
-        return self._substitute(ids, labels, items, epoch, step)
+        before = self.skipped
+        try:
+            payloads = list(self._pool.map(self._read, ids))
+            payload = broadcast.DecodedPayload(count, self._payload_capacity)
+            done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
+            labels, done = self._labels(ids, done)
+            source = self._substitute(ids, done, epoch, step)
+            for k, s in enumerate(source):
+                if s != k:
+                    payload.alias(k, s)
+        except Exception as e:  # the group waits for this step: tell it why there is none
+            broadcast.bcast_error(self.channel, count, str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
+            raise
+        if self.spec.image_shape is None:
+            # Room for the next steps: the largest step so far, with headroom for
+            # larger images (bytes reserved but never written cost no memory).
+            self._payload_capacity = max(self._payload_capacity, payload.nbytes * 5 // 4)
+        ids, labels, items, _ = broadcast.bcast_decoded(self.channel, count, ids, labels[source], payload,
+                                                        self.skipped - before)
+        return ids, labels, items
 
     def _positions(self):
         """(epoch, step, ids) of every step this loader produces, in order."""
