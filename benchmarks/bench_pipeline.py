@@ -10,7 +10,9 @@ Two parts, each comparing against the obvious alternative in the same run
   bcast    (under mpirun, one group of all ranks)
            delivered unique images/s per rank for broadcast='decoded', 'encoded'
            and 'none' (every rank reads itself), and the decoded-image
-           broadcast's bandwidth against a raw MPI Bcast of the same bytes.
+           broadcast's send (the loader's DecodedSender: one Bcast of the
+           payload the reader's threads decode into) against a raw MPI Bcast
+           of the same bytes.
 
     .venv/bin/python benchmarks/bench_pipeline.py augment
     mpirun -np 2 .venv/bin/python benchmarks/bench_pipeline.py bcast
@@ -172,9 +174,11 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
         rows.append((mode, statistics.median(ctx.world_comm.allgather(statistics.median(rates)))))
     # The send alone, as the loader makes it: the reader's read threads have put
     # each decoded image into a DecodedPayload (done here before the clock starts,
-    # timed apart as the copy moved into the decode threads); bcast_decoded sends
-    # the header and that buffer. Against it: one raw Bcast of the same bytes
-    # into a buffer allocated once. The two alternate; medians of 20 each.
+    # timed apart: the copy moved into the decode threads), and the loader's
+    # DecodedSender sends it as one Bcast (header + pixels, the header announcing
+    # the next step); DecodedReceiver gets it on the others. Against it: one raw
+    # Bcast of the same bytes into a buffer allocated once. The two alternate;
+    # medians of 20 steps each.
     images = [src.load(i) for i in range(b)] if t.is_reader else None
     ids, labels = np.arange(b), np.zeros(b, np.int64)
 
@@ -184,12 +188,17 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
             payload.put(k, im)
         return payload
 
-    payload = fill() if t.is_reader else None
-    capacity = payload.nbytes * 5 // 4 if t.is_reader else 0
-    raw = payload.buffer.copy() if t.is_reader else None
+    channel = dist.group_channel()  # what the loader sends on; `comm` is the raw-MPI baseline
+    if t.is_reader:
+        payload = fill()
+        capacity = payload.nbytes * 5 // 4
+        raw = payload.message.copy()
+        sender = broadcast.DecodedSender(channel, b)
+        sender.push_step(ids, labels, payload)  # opens the stream: announces the first step
+    else:
+        receiver = broadcast.DecodedReceiver(channel, b)
     nbytes = comm.bcast(raw.size if t.is_reader else None, root=0)
     raw = raw if t.is_reader else np.empty(nbytes, np.uint8)
-    channel = dist.group_channel()  # what the loader sends on; `comm` is the raw-MPI baseline
     t_ba, t_raw, t_put = [], [], []
     for _ in range(20):
         if t.is_reader:
@@ -199,15 +208,20 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
         comm.Barrier()
         t0 = time.perf_counter()
         if t.is_reader:
-            broadcast.bcast_decoded(channel, b, ids, labels, payload)
+            sender.push_step(ids, labels, payload)  # sends the step before it
         else:
-            broadcast.bcast_decoded(channel, b)
+            receiver.recv()
         comm.Barrier()
         t_ba.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         comm.Bcast(raw, root=0)
         comm.Barrier()
         t_raw.append(time.perf_counter() - t0)
+    if t.is_reader:
+        sender.close()
+    else:
+        receiver.recv()
+        receiver.recv_end()
     bw_ba, bw_raw = nbytes / statistics.median(t_ba) / 2**20, nbytes / statistics.median(t_raw) / 2**20
     if t.rank == 0:
         print(f"## Group of {t.world_size} ranks, {b} unique JPEGs (375x500) per step, {steps} steps\n")
@@ -216,8 +230,8 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
         none = dict(rows)["none"]
         for mode, r in rows:
             print(f"| {mode} | {r:.0f} | {r / none:.2f}x |")
-        print(f"\nDecoded-image broadcast of {nbytes / 2**20:.1f} MiB per step (bcast_decoded of the reader's "
-              f"payload): {bw_ba:.0f} MiB/s vs raw MPI Bcast of the same bytes {bw_raw:.0f} MiB/s = "
+        print(f"\nDecoded-image broadcast of {nbytes / 2**20:.1f} MiB per step (DecodedSender: one Bcast of "
+              f"the reader's payload): {bw_ba:.0f} MiB/s vs raw MPI Bcast of the same bytes {bw_raw:.0f} MiB/s = "
               f"{bw_ba / bw_raw:.0%}; the reader's copy into the payload, made in its read threads: "
               f"{statistics.median(t_put) * 1e3:.1f} ms per step", flush=True)
 

@@ -20,13 +20,15 @@ def test_images_put_from_threads_are_views_into_the_one_buffer(capacity):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the loader's read threads
         list(pool.map(payload.put, range(len(imgs)), imgs))
     assert payload.nbytes == sum(im.nbytes for im in imgs)  # packed: no gaps, nothing twice
-    sent = payload.buffer
+    pixels, sent = payload.pixels, payload.message
+    assert np.shares_memory(pixels, sent) and sent.nbytes == pixels.nbytes + 8 * (6 + 6 * len(imgs))  # header first
     out = payload.images()
     for got, want in zip(out, imgs):
         np.testing.assert_array_equal(got, want)
-        assert np.shares_memory(got, sent)  # the bytes sent are the reader's images: no packing pass
-    # the slots tile the sent bytes exactly once
-    ends = sorted((g.__array_interface__["data"][0] - sent.__array_interface__["data"][0], g.nbytes) for g in out)
+        assert np.shares_memory(got, pixels)  # the bytes sent are the reader's images: no packing pass
+    # the slots tile the pixel bytes exactly once
+    base = pixels.__array_interface__["data"][0]
+    ends = sorted((g.__array_interface__["data"][0] - base, g.nbytes) for g in out)
     assert [o for o, _ in ends] == list(np.cumsum([0] + [n for _, n in ends[:-1]]))
 
 

@@ -106,6 +106,9 @@ class GroupLoader:
         # never match those of another loader (e.g. one abandoned mid-epoch)
         # that is still running in the background.
         self.channel = dist.group_channel() if topology.m_ranks > 1 else None
+        self._mode = spec.broadcast if self.channel is not None else "none"
+        self._receiver = (broadcast.DecodedReceiver(self.channel, spec.per_rank_unique)
+                          if self._mode == "decoded" and not topology.is_reader else None)
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
         self.skipped = 0
@@ -204,11 +207,19 @@ class GroupLoader:
         return labels, [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
 
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
-        """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
-        mode = self.spec.broadcast if self.channel is not None else "none"
+        """Read (and for 'encoded': broadcast) one step. Returns (ids, labels, items).
+
+        Not used by the reader of a 'decoded' group (:meth:`_run_decoded_reader`).
+        """
+        mode = self._mode
         count = len(ids)
         if mode == "decoded":
-            return self._produce_decoded(epoch, step, ids)
+            try:
+                ids, labels, items, substituted = self._receiver.recv()
+            except broadcast.GroupBroadcastError as e:
+                raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
+            self.skipped += substituted  # every rank of the group reports the same count
+            return ids, labels, items
         if mode == "none" or self.topo.is_reader:
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
@@ -221,36 +232,52 @@ class GroupLoader:
         source = self._substitute(ids, items, epoch, step)
         return ids, labels[source], [items[s] for s in source]
 
-    def _produce_decoded(self, epoch: int, step: int, ids: np.ndarray):
-        """broadcast='decoded': the reader decodes into the payload it then sends as is."""
-        count = len(ids)
-        if not self.topo.is_reader:
-            try:
-                ids, labels, items, substituted = broadcast.bcast_decoded(self.channel, count)
-            except broadcast.GroupBroadcastError as e:
-                raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
-            self.skipped += substituted  # every rank of the group reports the same count
-            return ids, labels, items
-        before = self.skipped
-        try:
-            payloads = list(self._pool.map(self._read, ids))
-            payload = broadcast.DecodedPayload(count, self._payload_capacity)
-            done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
-            labels, done = self._labels(ids, done)
-            source = self._substitute(ids, done, epoch, step)
-            for k, s in enumerate(source):
-                if s != k:
-                    payload.alias(k, s)
-        except Exception as e:  # the group waits for this step: tell it why there is none
-            broadcast.bcast_error(self.channel, count, str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
-            raise
+    def _prepare_decoded(self, epoch: int, step: int, ids: np.ndarray):
+        """Reader, broadcast='decoded': one step decoded into its broadcast payload.
+
+        Returns ``(ids, labels, payload, substituted)``.
+        """
+        count, before = len(ids), self.skipped
+        payloads = list(self._pool.map(self._read, ids))
+        payload = broadcast.DecodedPayload(count, self._payload_capacity)
+        done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
+        labels, done = self._labels(ids, done)
+        source = self._substitute(ids, done, epoch, step)
+        for k, s in enumerate(source):
+            if s != k:
+                payload.alias(k, s)
         if self.spec.image_shape is None:
             # Room for the next steps: the largest step so far, with headroom for
             # larger images (bytes reserved but never written cost no memory).
             self._payload_capacity = max(self._payload_capacity, payload.nbytes * 5 // 4)
-        ids, labels, items, _ = broadcast.bcast_decoded(self.channel, count, ids, labels[source], payload,
-                                                        self.skipped - before)
-        return ids, labels, items
+        return ids, labels[source], payload, self.skipped - before
+
+    def _run_decoded_reader(self) -> None:
+        """The reader's loop for broadcast='decoded': a step is sent once the next one is decoded.
+
+        (Its header announces the next message, so each step is one Bcast.) The
+        reader's own copy of a step is queued once the step is sent.
+        """
+        sender = broadcast.DecodedSender(self.channel, self.spec.per_rank_unique)
+        held = None  # the step pushed to the sender, not sent yet
+        for epoch, step, ids in self._positions():
+            if self._stop.is_set():
+                break
+            try:
+                ids, labels, payload, substituted = self._prepare_decoded(epoch, step, ids)
+            except Exception as e:  # the group waits for this step: tell it why there is none
+                sender.push_error(str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
+                sender.close()
+                if held is not None:
+                    self._put(held)
+                raise
+            images = sender.push_step(ids, labels, payload, substituted)
+            if held is not None:
+                self._put(held)
+            held = (epoch, step, ids, labels, images)
+        sender.close()
+        if held is not None:
+            self._put(held)
 
     def _positions(self):
         """(epoch, step, ids) of every step this loader produces, in order."""
@@ -274,17 +301,22 @@ class GroupLoader:
                 continue
 
     def _run(self):
-        broadcasting = self.channel is not None and self.spec.broadcast != "none"
+        mode, reader = self._mode, self.topo.is_reader
         try:
-            for epoch, step, ids in self._positions():
-                if self._stop.is_set() and (self.topo.is_reader or not broadcasting):
-                    break
-                ids, labels, items = self._produce_step(epoch, step, ids)
-                self._put((epoch, step, ids, labels, items))
-            if broadcasting and self.topo.is_reader:
-                broadcast.bcast_end(self.channel, self.spec.per_rank_unique)
-            elif broadcasting:
-                broadcast.recv_end(self.channel, self.spec.per_rank_unique)
+            if mode == "decoded" and reader:
+                self._run_decoded_reader()
+            else:
+                for epoch, step, ids in self._positions():
+                    if self._stop.is_set() and (reader or mode == "none"):
+                        break
+                    ids, labels, items = self._produce_step(epoch, step, ids)
+                    self._put((epoch, step, ids, labels, items))
+                if mode == "encoded" and reader:
+                    broadcast.bcast_end(self.channel, self.spec.per_rank_unique)
+                elif mode == "encoded":
+                    broadcast.recv_end(self.channel, self.spec.per_rank_unique)
+                elif mode == "decoded":
+                    self._receiver.recv_end()
             self._put(None)
         except broadcast.GroupEnd:
             self._put(None)  # the reader stopped (stop() was called on every rank)
