@@ -7,7 +7,10 @@ One training step on one rank, with ``b`` unique samples per rank::
     broadcast     -> the other m_ranks-1 ranks of the group get them
 
 Reading runs in a background thread ``prefetch`` steps ahead of training, so
-the broadcast overlaps compute. The copies are made afterwards, on every rank,
+the broadcast overlaps compute. With ``broadcast='decoded'`` the read threads
+decode each image straight into the step's broadcast payload, and the reader
+sends a step (one Bcast) once the next one is decoded: it holds one decoded
+step more than ``prefetch`` (see :mod:`ba_dist.data.broadcast`). The copies are made afterwards, on every rank,
 by :mod:`ba_dist.data.batching`.
 """
 from __future__ import annotations
@@ -241,6 +244,8 @@ class GroupLoader:
         payloads = list(self._pool.map(self._read, ids))
         payload = broadcast.DecodedPayload(count, self._payload_capacity)
         done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
+        # (a sample whose label fails after its pixels were put leaves them in the
+        # payload unreferenced: sent, never viewed)
         labels, done = self._labels(ids, done)
         source = self._substitute(ids, done, epoch, step)
         for k, s in enumerate(source):
