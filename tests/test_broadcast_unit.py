@@ -4,7 +4,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from ba_dist.data.broadcast import DecodedPayload
+from ba_dist.data.broadcast import DecodedPayload, DecodedReceiver
 
 
 def _images(n, seed=0):
@@ -53,3 +53,16 @@ def test_put_rejects_what_the_wire_format_cannot_carry():
         DecodedPayload(1).put(0, np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="uint8 HxWxC"):
         DecodedPayload(1).put(0, np.zeros((4, 4, 3), np.float32))
+
+
+def test_receive_buffers_are_reused_only_once_no_view_of_them_is_alive():
+    receiver = DecodedReceiver(channel=None, count=4)
+    a = receiver._buffer(1000)
+    image = a[100:400].reshape(10, 10, 3)  # what recv hands out: views into the buffer
+    del a
+    b = receiver._buffer(1000)
+    assert not np.shares_memory(b, image)  # `image` still needs the first buffer
+    del image, b
+    c = receiver._buffer(900)
+    assert np.shares_memory(c, receiver._spare[0]) or np.shares_memory(c, receiver._spare[1])
+    assert len(receiver._spare) == 2  # reused, not allocated

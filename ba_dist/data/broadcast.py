@@ -38,6 +38,7 @@ rare after the first step).
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Optional, Sequence
 
@@ -245,12 +246,39 @@ class DecodedSender:
         self._held = None
 
 
+def _refs(buffers: list, k: int) -> int:
+    return sys.getrefcount(buffers[k])
+
+
+_FREE_REFS = _refs([np.empty(0)], 0)  # a buffer referenced by its list only
+# Receive buffers a DecodedReceiver keeps: steps queued in the loader (prefetch)
+# and held by the consumer stay alive meanwhile.
+_KEEP_BUFFERS = 8
+
+
 class DecodedReceiver:
     """A non-reader's end of a ``decoded`` stream; :meth:`recv` once per step."""
 
     def __init__(self, channel, count: int):
         self.channel, self.count = channel, count
         self._next: Optional[tuple[int, int]] = None  # (status, bytes) of the next message
+        self._spare: list[np.ndarray] = []  # receive buffers of earlier steps, newest first
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """A buffer of ``nbytes`` to receive into: an earlier step's, once no view of it is alive, else a new one.
+
+        Reuse keeps the receive buffer's pages mapped from step to step, as a
+        raw Bcast into one buffer has them; a fresh 8.6 MiB buffer per step
+        costs its page faults inside the Bcast. Every view of a buffer (the
+        step's images, whoever holds them) holds a reference to it, so a buffer
+        whose only reference is this list is free.
+        """
+        for k in range(len(self._spare)):
+            if self._spare[k].size >= nbytes and _refs(self._spare, k) == _FREE_REFS:
+                return self._spare[k][:nbytes]
+        buf = np.empty(nbytes * 5 // 4, np.uint8)  # headroom for larger steps; untouched bytes cost nothing
+        self._spare = [buf] + self._spare[:_KEEP_BUFFERS - 1]
+        return buf[:nbytes]
 
     def recv(self):
         """The next step as ``(ids, labels, images, substituted)``; ``images`` are views into the received buffer.
@@ -266,7 +294,7 @@ class DecodedReceiver:
         status, nbytes = self._next
         if status == _END:
             raise GroupEnd()
-        buf = np.empty(nbytes, np.uint8)
+        buf = self._buffer(nbytes)
         self.channel.bcast(buf)
         start = 8 * _header_size(self.count)
         header = buf[:start].view(np.int64)
