@@ -7,7 +7,10 @@ One training step on one rank, with ``b`` unique samples per rank::
     broadcast     -> the other m_ranks-1 ranks of the group get them
 
 Reading runs in a background thread ``prefetch`` steps ahead of training, so
-the broadcast overlaps compute. The copies are made afterwards, on every rank,
+the broadcast overlaps compute. With ``broadcast='decoded'`` the read threads
+decode each image straight into the step's broadcast payload, and the reader
+sends a step (one Bcast) once the next one is decoded: it holds one decoded
+step more than ``prefetch`` (see :mod:`ba_dist.data.broadcast`). The copies are made afterwards, on every rank,
 by :mod:`ba_dist.data.batching`.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -110,9 +114,15 @@ class GroupLoader:
         # never match those of another loader (e.g. one abandoned mid-epoch)
         # that is still running in the background.
         self.channel = dist.group_channel() if topology.m_ranks > 1 else None
+        self._mode = spec.broadcast if self.channel is not None else "none"
+        self._receiver = (broadcast.DecodedReceiver(self.channel, spec.per_rank_unique)
+                          if self._mode == "decoded" and not topology.is_reader else None)
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
         self.skipped = 0
+        # bytes to reserve for a step's decoded broadcast payload (grows with the largest step)
+        shape = spec.image_shape
+        self._payload_capacity = spec.per_rank_unique * int(np.prod(shape)) if shape is not None else 0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
@@ -146,18 +156,20 @@ class GroupLoader:
             return e
         return img
 
-    def _substitute(self, ids, labels, items, epoch, step):
-        """Replace failed items by the next good one of the step; identical on every rank.
+    def _substitute(self, ids, items, epoch, step) -> list[int]:
+        """For each slot, the slot whose image it carries: itself, or for a failed item
+        the next good one of the step; identical on every rank.
 
         The slot keeps its own sampler id (only the image and label are the
         substitute's): the id keys the augmentation draws (``ba.copy_draws``), so
         the substitute's copies get draws of their own instead of repeating, copy
-        for copy, those of the sample it duplicates. Returned ids are therefore
-        the sampler's ids of the step, a corrupt sample's included.
+        for copy, those of the sample it duplicates. The step's ids are therefore
+        the sampler's ids, a corrupt sample's included.
         """
         bad = [k for k, it in enumerate(items) if isinstance(it, Exception) or it is None]
+        source = list(range(len(items)))
         if not bad:
-            return ids, labels, items
+            return source
         where = [self.source.describe(int(ids[k])) + (f" ({items[k].reason})" if isinstance(items[k], CorruptSampleError) else "")
                  for k in bad]
         if self.spec.on_corrupt == "error":
@@ -166,14 +178,12 @@ class GroupLoader:
         good = [k for k in range(len(items)) if k not in set(bad)]
         if not good:
             raise DataError(f"every sample of epoch {epoch} step {step} is corrupt: {'; '.join(where)}")
-        labels, items = labels.copy(), list(items)
         for k in bad:
-            src = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
-            labels[k], items[k] = labels[src], items[src]
+            source[k] = min(good, key=lambda g: (g - k) % len(items))  # next good one, cyclically
         self.skipped += len(bad)
         if self.topo.is_chief:
             log.warning("skipped %d corrupt sample(s) at epoch %d step %d: %s", len(bad), epoch, step, "; ".join(where))
-        return ids, labels, items
+        return source
 
     def _label(self, i):
         # A source that reads the label from the record (TFRecord, tfds) can
@@ -183,10 +193,41 @@ class GroupLoader:
         except CorruptSampleError as e:
             return e
 
+    def _decode_into(self, payload: broadcast.DecodedPayload, k: int, raw, i: int):
+        """Decode sample ``i`` straight into slot ``k`` of the step's broadcast payload.
+
+        Runs in a read thread: the one copy of the pixels (decoder output ->
+        payload) is made here, beside the other decodes, not at the send.
+        Returns True, or the sample's error.
+        """
+        img = self._decode(raw, i)
+        if isinstance(img, Exception):
+            return img
+        payload.put(k, img)
+        return True
+
+    def _labels(self, ids, items):
+        # After decoding: a source that keeps the label inside the record
+        # (TFRecord) has parsed it by now, so this reads nothing again. A label
+        # that fails makes its sample a failed item.
+        got = [it if isinstance(it, Exception) else self._label(i) for i, it in zip(ids, items)]
+        labels = np.array([-1 if isinstance(y, Exception) else y for y in got], np.int64)
+        return labels, [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
+
     def _produce_step(self, epoch: int, step: int, ids: np.ndarray):
-        """Read (and on the reader: broadcast) one step. Returns (ids, labels, items)."""
-        mode = self.spec.broadcast if self.channel is not None else "none"
+        """Read (and for 'encoded': broadcast) one step. Returns (ids, labels, items).
+
+        Not used by the reader of a 'decoded' group (:meth:`_run_decoded_reader`).
+        """
+        mode = self._mode
         count = len(ids)
+        if mode == "decoded":
+            try:
+                ids, labels, items, substituted = self._receiver.recv()
+            except broadcast.GroupBroadcastError as e:
+                raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
+            self.skipped += substituted  # every rank of the group reports the same count
+            return ids, labels, items
         if mode == "none" or self.topo.is_reader:
             payloads = list(self._pool.map(self._read, ids))
         if mode == "encoded":
@@ -195,30 +236,58 @@ class GroupLoader:
                 broadcast.bcast_encoded(self.channel, count, ids, payloads)
             else:
                 ids, payloads = broadcast.bcast_encoded(self.channel, count)
-        if mode in ("none", "encoded") or self.topo.is_reader:
-            items = list(self._pool.map(self._decode, payloads, ids))
-            # Labels after decoding: a source that keeps the label inside the
-            # record (TFRecord) has parsed it by now, so this reads nothing again.
-            got = [it if isinstance(it, Exception) else self._label(i) for i, it in zip(ids, items)]
-            labels = np.array([-1 if isinstance(y, Exception) else y for y in got], np.int64)
-            items = [y if isinstance(y, Exception) else it for y, it in zip(got, items)]
-        if mode == "decoded":
-            if self.topo.is_reader:
-                before = self.skipped
-                try:
-                    ids, labels, items = self._substitute(ids, labels, items, epoch, step)
-                except DataError as e:
-                    broadcast.bcast_error(self.channel, count, str(e))
-                    raise
-                broadcast.bcast_decoded(self.channel, count, ids, labels, items, self.skipped - before)
-            else:
-                try:
-                    ids, labels, items, substituted = broadcast.bcast_decoded(self.channel, count)
-                except broadcast.GroupBroadcastError as e:
-                    raise DataError(f"reader rank {self.topo.reader_rank} of group {self.topo.group_id}: {e}") from None
-                self.skipped += substituted  # every rank of the group reports the same count
-            return ids, labels, items
-        return self._substitute(ids, labels, items, epoch, step)
+        labels, items = self._labels(ids, list(self._pool.map(self._decode, payloads, ids)))
+        source = self._substitute(ids, items, epoch, step)
+        return ids, labels[source], [items[s] for s in source]
+
+    def _prepare_decoded(self, epoch: int, step: int, ids: np.ndarray):
+        """Reader, broadcast='decoded': one step decoded into its broadcast payload.
+
+        Returns ``(ids, labels, payload, substituted)``.
+        """
+        count, before = len(ids), self.skipped
+        payloads = list(self._pool.map(self._read, ids))
+        payload = broadcast.DecodedPayload(count, self._payload_capacity)
+        done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
+        # (a sample whose label fails after its pixels were put leaves them in the
+        # payload unreferenced: sent, never viewed)
+        labels, done = self._labels(ids, done)
+        source = self._substitute(ids, done, epoch, step)
+        for k, s in enumerate(source):
+            if s != k:
+                payload.alias(k, s)
+        if self.spec.image_shape is None:
+            # Room for the next steps: the largest step so far, with headroom for
+            # larger images (bytes reserved but never written cost no memory).
+            self._payload_capacity = max(self._payload_capacity, payload.nbytes * 5 // 4)
+        return ids, labels[source], payload, self.skipped - before
+
+    def _run_decoded_reader(self) -> None:
+        """The reader's loop for broadcast='decoded': a step is sent once the next one is decoded.
+
+        (Its header announces the next message, so each step is one Bcast.) The
+        reader's own copy of a step is queued once the step is sent.
+        """
+        sender = broadcast.DecodedSender(self.channel, self.spec.per_rank_unique)
+        held = None  # the step pushed to the sender, not sent yet
+        for epoch, step, ids in self._positions():
+            if self._stop.is_set():
+                break
+            try:
+                ids, labels, payload, substituted = self._prepare_decoded(epoch, step, ids)
+            except Exception as e:  # the group waits for this step: tell it why there is none
+                sender.push_error(str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}")
+                sender.close()
+                if held is not None:
+                    self._put(held)
+                raise
+            images = sender.push_step(ids, labels, payload, substituted)
+            if held is not None:
+                self._put(held)
+            held = (epoch, step, ids, labels, images)
+        sender.close()
+        if held is not None:
+            self._put(held)
 
     def _positions(self):
         """(epoch, step, ids) of every step this loader produces, in order."""
@@ -242,17 +311,22 @@ class GroupLoader:
                 continue
 
     def _run(self):
-        broadcasting = self.channel is not None and self.spec.broadcast != "none"
+        mode, reader = self._mode, self.topo.is_reader
         try:
-            for epoch, step, ids in self._positions():
-                if self._stop.is_set() and (self.topo.is_reader or not broadcasting):
-                    break
-                ids, labels, items = self._produce_step(epoch, step, ids)
-                self._put((epoch, step, ids, labels, items))
-            if broadcasting and self.topo.is_reader:
-                broadcast.bcast_end(self.channel, self.spec.per_rank_unique)
-            elif broadcasting:
-                broadcast.recv_end(self.channel, self.spec.per_rank_unique)
+            if mode == "decoded" and reader:
+                self._run_decoded_reader()
+            else:
+                for epoch, step, ids in self._positions():
+                    if self._stop.is_set() and (reader or mode == "none"):
+                        break
+                    ids, labels, items = self._produce_step(epoch, step, ids)
+                    self._put((epoch, step, ids, labels, items))
+                if mode == "encoded" and reader:
+                    broadcast.bcast_end(self.channel, self.spec.per_rank_unique)
+                elif mode == "encoded":
+                    broadcast.recv_end(self.channel, self.spec.per_rank_unique)
+                elif mode == "decoded":
+                    self._receiver.recv_end()
             self._put(None)
         except broadcast.GroupEnd:
             self._put(None)  # the reader stopped (stop() was called on every rank)

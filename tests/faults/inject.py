@@ -6,11 +6,11 @@ Arguments are ba-train's. The fault comes from the environment and acts on rank
 ``BA_FAULT_RANK`` only; the other ranks run plain ba-train:
 
 ``BA_FAULT=kill_in_broadcast``
-    A non-reader (``input.broadcast='decoded'``) SIGKILLs itself after a step's
-    header has arrived and before its pixels, on the first step it receives
+    A non-reader (``input.broadcast='decoded'``) SIGKILLs itself once a step
+    has been announced and before its Bcast, on the first step it receives
     once the file ``BA_FAULT_AFTER`` exists (e.g. a checkpoint's meta.json).
-    Its reader is mid-way through the same broadcast; the main thread is in a
-    training step (the loader runs ``prefetch`` steps ahead).
+    Its reader sends that step into a Bcast the dead rank never joins; the
+    main thread is in a training step (the loader runs ``prefetch`` steps ahead).
 ``BA_FAULT=kill_in_checkpoint``
     Rank 0 SIGKILLs itself when it opens ``meta.json`` inside the temporary
     directory of the checkpoint of global step ``BA_FAULT_STEP``: the tensors
@@ -44,22 +44,24 @@ def _die(fault_dir: Path) -> None:
 
 def _kill_in_broadcast(fault_dir: Path, after: str) -> None:
     from ba_dist.data import broadcast
-    receive = broadcast._recv_header  # bcast_decoded looks it up at call time
+    receive = broadcast.DecodedReceiver.recv  # the loader calls it through the class
 
-    def header_then_die(channel, count):
+    def announced_then_die(self):
+        # The previous message announced this step (status and size): its
+        # reader sends it as soon as the step after it is decoded, into a Bcast
+        # that this rank never joins.
+        if os.path.exists(after) and self._next is not None and self._next[0] == broadcast._OK:
+            _die(fault_dir)
         try:
-            header = receive(channel, count)
+            return receive(self)
         except broadcast.GroupEnd:
             # the loader finished every step before the trigger: wait for it
             # here (training still consumes the queue), then die
             while not os.path.exists(after):
                 time.sleep(0.05)
             _die(fault_dir)
-        if os.path.exists(after):
-            _die(fault_dir)  # header received, pixels not: mid-broadcast
-        return header
 
-    broadcast._recv_header = header_then_die
+    broadcast.DecodedReceiver.recv = announced_then_die
 
 
 def _kill_in_checkpoint(fault_dir: Path, step: int) -> None:

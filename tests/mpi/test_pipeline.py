@@ -201,3 +201,46 @@ def test_corrupt_sample_error_policy_names_the_file(ctx, damaged_data):
             _run_all(loader)
     else:
         assert len(_run_all(loader)) == 1
+
+
+def test_decoded_broadcast_is_one_bcast_of_the_buffer_the_reader_decoded_into(ctx, damaged_data):
+    """No packing pass: the one buffer Bcast per step is the memory the reader's images
+    live in (a substitute's slot shares its source's bytes), the other ranks' images are
+    views into the buffer they received, and every rank of the group has the same pixels."""
+    t = ctx.topology
+    src = sources.get_source("folder", split="train", data_dir=f"{damaged_data}/folder")
+    sampler = GroupSampler(len(src), t.num_groups, 4, seed=1)
+    spec = data_loader.PipelineSpec(per_rank_unique=4, broadcast="decoded", on_corrupt="skip", seed=1)
+    loader = data_loader.GroupLoader(src, sampler, spec, t, num_steps=sampler.steps_per_epoch)
+    sent, bcast = [], loader.channel.bcast  # the real channel, its buffers recorded
+
+    def recording_bcast(buffer):
+        sent.append(buffer)
+        bcast(buffer)
+    loader.channel.bcast = recording_bcast
+    steps = _run_all(loader)
+    # one Bcast per step, plus the 16-byte opening announcement
+    assert len(sent) == len(steps) + 1 and sent[0].nbytes == 16
+    bad = {i for i in range(len(src)) if _is_bad(src, i)}
+    for (ids, _, items), buf in zip(steps, sent[1:]):
+        assert all(np.shares_memory(img, buf) for img in items)
+        # the int64 header, then each good sample's pixels once (a substitute adds none)
+        pixels = sum(img.nbytes for i, img in zip(ids, items) if i not in bad)
+        assert buf.nbytes == 8 * (6 + 6 * len(ids)) + pixels
+    substituted = 0
+    for ids, _, items in steps:
+        for k, i in enumerate(ids):
+            if i in bad:  # its slot carries another slot's bytes, not a copy of them
+                assert any(np.shares_memory(items[k], items[j]) for j in range(len(ids)) if j != k)
+                substituted += 1
+            else:
+                np.testing.assert_array_equal(items[k], src.load(int(i)))  # bit-exact
+    everyone = _gather(ctx, (steps, substituted))
+    for r in t.group_ranks:
+        assert len(everyone[r][0]) == len(steps)
+        for (a_ids, a_labels, a_items), (b_ids, b_labels, b_items) in zip(steps, everyone[r][0]):
+            np.testing.assert_array_equal(a_ids, b_ids)
+            np.testing.assert_array_equal(a_labels, b_labels)
+            for x, y in zip(a_items, b_items):
+                np.testing.assert_array_equal(x, y)
+    assert sum(everyone[g * M_RANKS][1] for g in range(t.num_groups)) == len(bad) == 2  # the test saw substitutes

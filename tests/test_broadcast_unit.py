@@ -1,0 +1,68 @@
+"""Single-process tests of the decoded broadcast payload (the multi-rank send: tests/mpi/test_pipeline.py)."""
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from ba_dist.data.broadcast import DecodedPayload, DecodedReceiver
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (int(rng.integers(5, 40)), int(rng.integers(5, 40)), 3), dtype=np.uint8)
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("capacity", [0, 100, 10**6])
+def test_images_put_from_threads_are_views_into_the_one_buffer(capacity):
+    imgs = _images(24)
+    payload = DecodedPayload(len(imgs), capacity)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # the loader's read threads
+        list(pool.map(payload.put, range(len(imgs)), imgs))
+    assert payload.nbytes == sum(im.nbytes for im in imgs)  # packed: no gaps, nothing twice
+    pixels, sent = payload.pixels, payload.message
+    assert np.shares_memory(pixels, sent) and sent.nbytes == pixels.nbytes + 8 * (6 + 6 * len(imgs))  # header first
+    out = payload.images()
+    for got, want in zip(out, imgs):
+        np.testing.assert_array_equal(got, want)
+        assert np.shares_memory(got, pixels)  # the bytes sent are the reader's images: no packing pass
+    # the slots tile the pixel bytes exactly once
+    base = pixels.__array_interface__["data"][0]
+    ends = sorted((g.__array_interface__["data"][0] - base, g.nbytes) for g in out)
+    assert [o for o, _ in ends] == list(np.cumsum([0] + [n for _, n in ends[:-1]]))
+
+
+def test_alias_points_a_slot_at_its_substitute_without_copying():
+    imgs = _images(4, seed=1)
+    payload = DecodedPayload(4)
+    for k in (0, 1, 3):
+        payload.put(k, imgs[k])
+    with pytest.raises(ValueError, match=r"slot\(s\) \[2\]"):
+        payload.images()
+    payload.alias(2, 3)
+    out = payload.images()
+    np.testing.assert_array_equal(out[2], imgs[3])
+    assert np.shares_memory(out[2], out[3])
+    assert payload.nbytes == sum(imgs[k].nbytes for k in (0, 1, 3))
+    with pytest.raises(ValueError, match="holds no image"):
+        DecodedPayload(2).alias(0, 1)
+
+
+def test_put_rejects_what_the_wire_format_cannot_carry():
+    with pytest.raises(ValueError, match="uint8 HxWxC"):
+        DecodedPayload(1).put(0, np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="uint8 HxWxC"):
+        DecodedPayload(1).put(0, np.zeros((4, 4, 3), np.float32))
+
+
+def test_receive_buffers_are_reused_only_once_no_view_of_them_is_alive():
+    receiver = DecodedReceiver(channel=None, count=4)
+    a = receiver._buffer(1000)
+    image = a[100:400].reshape(10, 10, 3)  # what recv hands out: views into the buffer
+    del a
+    b = receiver._buffer(1000)
+    assert not np.shares_memory(b, image)  # `image` still needs the first buffer
+    del image, b
+    c = receiver._buffer(900)
+    assert np.shares_memory(c, receiver._spare[0]) or np.shares_memory(c, receiver._spare[1])
+    assert len(receiver._spare) == 2  # reused, not allocated
