@@ -146,7 +146,7 @@ def _timed(fn, n: int) -> float:
 def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
     """Per-image cost of each stage on one thread: what bounds the BA speed-up."""
     from ba_dist import ba
-    j = tf.constant(jpegs[0])
+    jpeg_t = [tf.constant(x) for x in jpegs[:b]]
     imgs = [tf.io.decode_jpeg(tf.constant(x), channels=3) for x in jpegs[:b]]
     hw = tf.stack([tf.shape(x)[:2] for x in imgs])
     batch = tf.stack([tf.image.pad_to_bounding_box(x, 0, 0, int(tf.reduce_max(hw[:, 0])), int(tf.reduce_max(hw[:, 1])))
@@ -159,25 +159,38 @@ def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
     boxes = tf.cast(tf.stack([windows[:, 0], windows[:, 1], windows[:, 0] + windows[:, 2] - 1,
                               windows[:, 1] + windows[:, 3] - 1], 1), tf.float32)
     boxes = boxes / tf.cast(tf.tile([[tf.shape(batch)[1] - 1, tf.shape(batch)[2] - 1]], [1, 2]), tf.float32)
-    tf_op_seed = tf.constant([7, 0], tf.int64)
+
+    def before_issue_15(image, seed):   # the per-copy op as it was: TF's sampler, slice, cast, resize, flip
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([1, 0, 4]), seed=crop_seed, min_object_covered=0.0,
+            aspect_ratio_range=aug.INCEPTION_ASPECT_RANGE, area_range=aug.INCEPTION_AREA_RANGE,
+            use_image_if_no_bounding_boxes=True)
+        crop = tf.cast(tf.slice(image, begin, size), tf.float32)
+        return tf.image.stateless_random_flip_left_right(tf.image.resize(crop, [224, 224]), seed=flip_seed)
+
+    seeds = [tf.constant([7, k], tf.int64) for k in range(rows)]
     per_copy = {
-        "decode_jpeg (full image), per image": (tf.function(lambda: tf.io.decode_jpeg(j, channels=3)), 1),
-        "decode_and_crop_jpeg + flip + resize (one copy of the obvious path)":
-            (tf.function(lambda: aug.decode_and_crop_imagenet(j, tf_op_seed)), 1),
+        f"decode_jpeg (full image), {b} images in one graph, per image": (tf.function(
+            lambda: [tf.io.decode_jpeg(x, channels=3) for x in jpeg_t]), b),
+        f"decode_and_crop_jpeg + flip + resize (one copy of the obvious path), {b} in one graph, per copy": (
+            tf.function(lambda: tf.stack([aug.decode_and_crop_imagenet(x, seeds[k]) for k, x in enumerate(jpeg_t)])), b),
         f"one BA copy: ba.copies of {b} images x {m} copies, per copy": (
             tf.function(lambda: ba.copies(batch, hw, u, imagenet)), rows),
+        f"  before issue 15: the per-copy op, {rows} copies of the same images, per copy": (tf.function(
+            lambda: tf.stack([before_issue_15(imgs[k % b], seeds[k]) for k in range(rows)])), rows),
         "  of which: crop windows of all rows (vectorised sampler), per copy": (
             tf.function(lambda: aug.inception_windows(tf.gather(hw, index), flat_u[:, :-1])), rows),
-        "  before issue 15: TF's sample_distorted_bounding_box, one call per copy": (tf.function(
-            lambda: tf.image.stateless_sample_distorted_bounding_box(
-                tf.shape(imgs[0]), tf.zeros([1, 0, 4]), seed=tf_op_seed, min_object_covered=0.0,
+        f"  before issue 15: TF's sample_distorted_bounding_box, {rows} calls in one graph, per copy": (
+            tf.function(lambda: tf.stack([tf.image.stateless_sample_distorted_bounding_box(
+                tf.shape(imgs[0]), tf.zeros([1, 0, 4]), seed=seeds[k], min_object_covered=0.0,
                 aspect_ratio_range=aug.INCEPTION_ASPECT_RANGE, area_range=aug.INCEPTION_AREA_RANGE,
-                use_image_if_no_bounding_boxes=True)), 1),
+                use_image_if_no_bounding_boxes=True)[1] for k in range(rows)])), rows),
         "alternative: one crop_and_resize over all boxes (uint8 in), per copy": (tf.function(
             lambda: tf.image.crop_and_resize(batch, boxes, index, [224, 224])), rows),
     }
     cost = {name: _timed(fn, n) / per for name, (fn, per) in per_copy.items()}
-    print("\n| stage | ms per image or copy (1 thread) |\n|---|---|")
+    print("\n| stage (several in one graph: no per-call overhead) | ms per image or copy (1 thread) |\n|---|---|")
     for name, ms in cost.items():
         print(f"| {name} | {ms:.3f} |")
     d, dc, a = list(cost.values())[:3]
