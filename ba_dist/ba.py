@@ -50,7 +50,6 @@ __all__ = [
     "step_seed",
     "analysis_seed",
     "sample_copies",
-    "copy_major",
     "copies",
     "repeat",
     "TTA_EPOCH",
@@ -157,16 +156,6 @@ def copies(images, sizes, draws, augment) -> tf.Tensor:
     index = tf.tile(tf.range(b), [m])                                         # row c*b + i -> image i
     u = tf.reshape(tf.transpose(draws, [1, 0, 2]), [-1, augment.draws])      # copy-major draws
     return augment.batch(images, sizes, index, u)
-
-
-def copy_major(x) -> tf.Tensor:
-    """``[b, M, ...]`` (copies per sample) -> ``[M * b, ...]``, row ``c * b + i`` = copy ``c`` of sample ``i``."""
-    x = tf.convert_to_tensor(x)
-    perm = [1, 0] + list(range(2, x.shape.rank))
-    b, m = x.shape[0], x.shape[1]
-    # static rows when known, so the batch keeps a static shape (ghost batch norm splits it)
-    rows = b * m if b is not None and m is not None else tf.shape(x)[0] * tf.shape(x)[1]
-    return tf.reshape(tf.transpose(x, perm), tf.concat([[rows], tf.shape(x)[2:]], 0))
 
 
 def repeat(x: Union[np.ndarray, tf.Tensor], m_local: int):
