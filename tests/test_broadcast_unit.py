@@ -4,7 +4,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from ba_dist.data.broadcast import DecodedPayload, DecodedReceiver
+from ba_dist.data.broadcast import BufferPool, DecodedPayload, DecodedReceiver
 
 
 def _images(n, seed=0):
@@ -55,14 +55,37 @@ def test_put_rejects_what_the_wire_format_cannot_carry():
         DecodedPayload(1).put(0, np.zeros((4, 4, 3), np.float32))
 
 
-def test_receive_buffers_are_reused_only_once_no_view_of_them_is_alive():
-    receiver = DecodedReceiver(channel=None, count=4)
-    a = receiver._buffer(1000)
+def test_step_buffers_are_reused_only_once_no_view_of_them_is_alive():
+    pool = DecodedReceiver(channel=None, count=4).buffers
+    a = pool.get(1000)
     image = a[100:400].reshape(10, 10, 3)  # what recv hands out: views into the buffer
     del a
-    b = receiver._buffer(1000)
+    b = pool.get(1000)
     assert not np.shares_memory(b, image)  # `image` still needs the first buffer
     del image, b
-    c = receiver._buffer(900)
-    assert np.shares_memory(c, receiver._spare[0]) or np.shares_memory(c, receiver._spare[1])
-    assert len(receiver._spare) == 2  # reused, not allocated
+    c = pool.get(900)
+    assert np.shares_memory(c, pool._spare[0]) or np.shares_memory(c, pool._spare[1])
+    assert len(pool._spare) == 2  # reused, not allocated
+
+
+def test_reader_payloads_reuse_the_buffer_of_a_step_no_longer_viewed():
+    pool = BufferPool()
+    imgs = [np.full((5, 6, 3), k, np.uint8) for k in range(3)]
+
+    def step():
+        payload = DecodedPayload(len(imgs), 0, pool=pool)
+        for k, im in enumerate(imgs):
+            payload.put(k, im)
+        return payload
+
+    first = step()
+    held = first.images()  # the reader's consumer still holds the first step's images
+    second = step()
+    assert not np.shares_memory(first.message, second.message)
+    address, buffers = second.message.__array_interface__["data"][0], len(pool._spare)
+    del first, second
+    third = step()  # the second step is gone: its buffer comes back
+    assert third.message.__array_interface__["data"][0] == address
+    assert len(pool._spare) == buffers  # reused, not allocated
+    assert all((v == k).all() for k, v in enumerate(held))  # the held step is untouched
+    assert all((v == k).all() for k, v in enumerate(third.images()))

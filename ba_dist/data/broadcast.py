@@ -34,7 +34,9 @@ buffer MPI wrote. A substituted corrupt sample points at its substitute's bytes
 (nothing is copied or sent twice). When a step needs more room than the payload
 was given, the payload grows and the bytes already in it are copied once more
 (the loader sizes the next payloads from the largest step so far, so this is
-rare after the first step).
+rare after the first step). Both ends take their step buffers from a
+:class:`BufferPool`, so a step's bytes go out of and into buffers already
+mapped by earlier steps, as a raw ``Bcast`` between two fixed buffers does.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DecodedPayload", "DecodedReceiver", "DecodedSender", "GroupBroadcastError", "GroupEnd",
+__all__ = ["BufferPool", "DecodedPayload", "DecodedReceiver", "DecodedSender", "GroupBroadcastError", "GroupEnd",
            "bcast_encoded", "bcast_error", "bcast_end", "recv_end"]
 
 _OK, _ERROR, _END = 0, 1, 2
@@ -77,12 +79,15 @@ class DecodedPayload:
     Args:
       count: images (slots) of the step.
       capacity: bytes of pixels to reserve; the buffer grows when a step needs more.
+      pool: where the buffer comes from (the reader's :class:`BufferPool`, so
+        steps reuse the buffers of steps already sent); a new one when omitted.
     """
 
-    def __init__(self, count: int, capacity: int = 0):
+    def __init__(self, count: int, capacity: int = 0, pool: Optional[BufferPool] = None):
         self.count = count
         self._start = 8 * _header_size(count)  # pixels follow the header
-        self._buf = np.empty(self._start + max(0, int(capacity)), np.uint8)
+        self._new = pool.get if pool is not None else (lambda n: np.empty(n, np.uint8))
+        self._buf = self._new(self._start + max(0, int(capacity)))
         self._used = 0
         self._offsets = np.full(count, -1, np.int64)
         self._shapes = np.zeros((count, 3), np.int64)
@@ -122,7 +127,7 @@ class DecodedPayload:
     def _grow(self, need: int, n: int) -> None:
         # the first image of a payload given no room sizes it for the whole step
         first = self._start + self.count * n * 5 // 4 if self._used == 0 else 0
-        bigger = np.empty(max(need, 2 * self._buf.size, first), np.uint8)
+        bigger = self._new(max(need, 2 * self._buf.size, first))
         bigger[:self._start + self._used] = self._buf[:self._start + self._used]
         self._buf = bigger
 
@@ -251,9 +256,38 @@ def _refs(buffers: list, k: int) -> int:
 
 
 _FREE_REFS = _refs([np.empty(0)], 0)  # a buffer referenced by its list only
-# Receive buffers a DecodedReceiver keeps: steps queued in the loader (prefetch)
-# and held by the consumer stay alive meanwhile.
-_KEEP_BUFFERS = 8
+
+
+class BufferPool:
+    """Large uint8 buffers of earlier steps, handed out again once no view of them is alive.
+
+    Reuse keeps a step buffer's pages mapped (and, for numpy's large
+    allocations, huge-page backed) from step to step, as a raw Bcast from and
+    into one buffer has them: a fresh multi-MiB buffer per step costs its page
+    faults where it is first written and sends slower (measured in
+    docs/performance.md). Every view of a buffer (a step's images, whoever holds
+    them) holds a reference to it, so a buffer whose only reference is the
+    pool's list is free.
+
+    Args:
+      keep: buffers kept; steps queued in the loader (prefetch) and held by the
+        consumer stay alive meanwhile, so this bounds reuse, not correctness.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._spare: list[np.ndarray] = []  # newest first
+        self._lock = threading.Lock()  # a payload may grow from a read thread
+
+    def get(self, nbytes: int) -> np.ndarray:
+        """A writable uint8 buffer of at least ``nbytes``: a free earlier one if one is large enough, else a new one."""
+        with self._lock:
+            for k in range(len(self._spare)):
+                if self._spare[k].size >= nbytes and _refs(self._spare, k) == _FREE_REFS:
+                    return self._spare[k]
+            buf = np.empty(nbytes * 5 // 4, np.uint8)  # headroom for larger steps; untouched bytes cost nothing
+            self._spare = [buf] + self._spare[:self.keep - 1]
+            return buf
 
 
 class DecodedReceiver:
@@ -262,23 +296,7 @@ class DecodedReceiver:
     def __init__(self, channel, count: int):
         self.channel, self.count = channel, count
         self._next: Optional[tuple[int, int]] = None  # (status, bytes) of the next message
-        self._spare: list[np.ndarray] = []  # receive buffers of earlier steps, newest first
-
-    def _buffer(self, nbytes: int) -> np.ndarray:
-        """A buffer of ``nbytes`` to receive into: an earlier step's, once no view of it is alive, else a new one.
-
-        Reuse keeps the receive buffer's pages mapped from step to step, as a
-        raw Bcast into one buffer has them; a fresh 8.6 MiB buffer per step
-        costs its page faults inside the Bcast. Every view of a buffer (the
-        step's images, whoever holds them) holds a reference to it, so a buffer
-        whose only reference is this list is free.
-        """
-        for k in range(len(self._spare)):
-            if self._spare[k].size >= nbytes and _refs(self._spare, k) == _FREE_REFS:
-                return self._spare[k][:nbytes]
-        buf = np.empty(nbytes * 5 // 4, np.uint8)  # headroom for larger steps; untouched bytes cost nothing
-        self._spare = [buf] + self._spare[:_KEEP_BUFFERS - 1]
-        return buf[:nbytes]
+        self.buffers = BufferPool()  # receive buffers, reused once no view of them is alive
 
     def recv(self):
         """The next step as ``(ids, labels, images, substituted)``; ``images`` are views into the received buffer.
@@ -294,7 +312,7 @@ class DecodedReceiver:
         status, nbytes = self._next
         if status == _END:
             raise GroupEnd()
-        buf = self._buffer(nbytes)
+        buf = self.buffers.get(nbytes)[:nbytes]
         self.channel.bcast(buf)
         start = 8 * _header_size(self.count)
         header = buf[:start].view(np.int64)

@@ -123,6 +123,7 @@ class GroupLoader:
         # bytes to reserve for a step's decoded broadcast payload (grows with the largest step)
         shape = spec.image_shape
         self._payload_capacity = spec.per_rank_unique * int(np.prod(shape)) if shape is not None else 0
+        self._payloads = broadcast.BufferPool()  # reader: buffers of steps already sent, reused
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
@@ -247,7 +248,7 @@ class GroupLoader:
         """
         count, before = len(ids), self.skipped
         payloads = list(self._pool.map(self._read, ids))
-        payload = broadcast.DecodedPayload(count, self._payload_capacity)
+        payload = broadcast.DecodedPayload(count, self._payload_capacity, pool=self._payloads)
         done = list(self._pool.map(self._decode_into, itertools.repeat(payload), range(count), payloads, ids))
         # (a sample whose label fails after its pixels were put leaves them in the
         # payload unreferenced: sent, never viewed)
