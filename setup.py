@@ -26,6 +26,7 @@ setup(
         "tensorflow-datasets",
         "scikit-learn",  # ships the embedded UCI digits (no download)
         "pillow",
+        "opencv-python-headless",  # the host kernel of the Inception crop's resize (augment.py)
         "google-crc32c",  # TFRecord record checks (C implementation)
         "matplotlib",
         "sacrebleu",  # BLEU for the Transformer (ba-eval-seq)

@@ -131,7 +131,7 @@ def sample_copies(image, draws, augment) -> tf.Tensor:
     return augment.batch(image[None], None, tf.zeros(tf.shape(draws)[:1], tf.int32), draws)
 
 
-def copies(images, sizes, draws, augment) -> tf.Tensor:
+def copies(images, sizes, draws, augment, host: bool = False) -> tf.Tensor:
     """BA of one batch in one batched op: ``b`` images -> ``M * b`` augmented examples, copy-major.
 
     Args:
@@ -141,6 +141,8 @@ def copies(images, sizes, draws, augment) -> tf.Tensor:
       sizes: ``[b, 2]`` true ``(height, width)`` of each image, or None when all fill ``H x W``.
       draws: ``[b, M, augment.draws]`` (:func:`copy_draws` of each sample).
       augment: an ``augment.Augment`` (or a plain ``fn(image, seed)``).
+      host: made on the host CPU (``tf.data``): ops with a host kernel use it
+        (``Augment.batch``); False keeps to TensorFlow ops (any device).
 
     Returns:
       float32 ``[M * b, H', W', C]``, row ``c * b + i`` = copy ``c`` of image ``i``;
@@ -155,7 +157,7 @@ def copies(images, sizes, draws, augment) -> tf.Tensor:
         b, m = tf.shape(draws)[0], tf.shape(draws)[1]
     index = tf.tile(tf.range(b), [m])                                         # row c*b + i -> image i
     u = tf.reshape(tf.transpose(draws, [1, 0, 2]), [-1, augment.draws])      # copy-major draws
-    return augment.batch(images, sizes, index, u)
+    return augment.batch(images, sizes, index, u, host=host)
 
 
 def repeat(x: Union[np.ndarray, tf.Tensor], m_local: int):

@@ -5,7 +5,8 @@ Two parts, each comparing against the obvious alternative in the same run
 
   augment  (1 process)   augmented images/s per core at M = 1, 2, 4, 8:
            BA path   = decode each JPEG once, then all M x b copies of a step in
-                       one batched op (ba.copies), as ba-train makes them
+                       one batched op (ba.copies, host kernel), as ba-train's
+                       tf.data makes them
            obvious   = every copy decoded on its own with decode_and_crop_jpeg
            and for CIFAR-style uint8 arrays (no decode to save): batched copies
            against a per-sample map with one op call per copy (before issue 15).
@@ -80,7 +81,9 @@ def _compare(a: tf.data.Dataset, a_per: int, b: tf.data.Dataset, b_per: int, rep
 
 
 def bench_augment(n_jpegs: int = 48, b: int = 8, ms=(1, 2, 4, 8)) -> None:
+    import cv2
     from ba_dist import ba
+    cv2.setNumThreads(1)  # one core, as TF's intra-op pool here (TF_NUM_INTRAOP_THREADS=1)
     jpegs = make_jpegs(n_jpegs)
     imagenet = aug.get_augment("imagenet")
     cifar = aug.get_augment("cifar")
@@ -104,7 +107,7 @@ def bench_augment(n_jpegs: int = 48, b: int = 8, ms=(1, 2, 4, 8)) -> None:
             return img, tf.shape(img)[:2], draws(imagenet, i, m)
 
         def ba_copies(x, sizes, u):
-            return ba.copies(x, sizes, u, imagenet)
+            return ba.copies(x, sizes, u, imagenet, host=True)  # in tf.data: the host kernel
 
         # obvious: every copy decoded on its own (only its window), same draws per copy
         def obvious(j, i, m=m):
@@ -175,7 +178,9 @@ def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
             lambda: [tf.io.decode_jpeg(x, channels=3) for x in jpeg_t]), b),
         f"decode_and_crop_jpeg + flip + resize (one copy of the obvious path), {b} in one graph, per copy": (
             tf.function(lambda: tf.stack([aug.decode_and_crop_imagenet(x, seeds[k]) for k, x in enumerate(jpeg_t)])), b),
-        f"one BA copy: ba.copies of {b} images x {m} copies, per copy": (
+        f"one BA copy: ba.copies of {b} images x {m} copies on the host (OpenCV resize), per copy": (
+            tf.function(lambda: ba.copies(batch, hw, u, imagenet, host=True)), rows),
+        "  the same with TensorFlow ops only (the device path; the host path before OpenCV), per copy": (
             tf.function(lambda: ba.copies(batch, hw, u, imagenet)), rows),
         f"  before issue 15: the per-copy op, {rows} copies of the same images, per copy": (tf.function(
             lambda: tf.stack([before_issue_15(imgs[k % b], seeds[k]) for k in range(rows)])), rows),
@@ -229,14 +234,21 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
     # each decoded image into a DecodedPayload (done here before the clock starts,
     # timed apart: the copy moved into the decode threads), and the loader's
     # DecodedSender sends it as one Bcast (header + pixels, the header announcing
-    # the next step); DecodedReceiver gets it on the others. Against it: one raw
-    # Bcast of the same bytes into a buffer allocated once. The two alternate;
-    # medians of 20 steps each.
+    # the next step, so a step leaves one step after it was filled);
+    # DecodedReceiver gets it on the others. Against it, one raw Bcast of the same
+    # bytes, written at the same point of the loop (each step's bytes copied into
+    # one of two raw buffers when the step is filled, sent one step later), so both
+    # sends read bytes as recently written as the other's. For reference also the
+    # old baseline: one raw Bcast of a buffer sent again unchanged every step,
+    # whose source and destination stay in the CPU cache (no stream of new data
+    # has that). The order alternates each step; medians of 30 steps each.
     images = [src.load(i) for i in range(b)] if t.is_reader else None
     ids, labels = np.arange(b), np.zeros(b, np.int64)
 
+    pool = broadcast.BufferPool()  # the reader's, as in the loader
+
     def fill(capacity=0):  # the loader reserves the largest step so far + 25%
-        payload = broadcast.DecodedPayload(b, capacity)
+        payload = broadcast.DecodedPayload(b, capacity, pool=pool)
         for k, im in enumerate(images):
             payload.put(k, im)
         return payload
@@ -245,38 +257,44 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
     if t.is_reader:
         payload = fill()
         capacity = payload.nbytes * 5 // 4
-        raw = payload.message.copy()
+        unchanged = payload.message.copy()
         sender = broadcast.DecodedSender(channel, b)
         sender.push_step(ids, labels, payload)  # opens the stream: announces the first step
     else:
         receiver = broadcast.DecodedReceiver(channel, b)
-    nbytes = comm.bcast(raw.size if t.is_reader else None, root=0)
-    raw = raw if t.is_reader else np.empty(nbytes, np.uint8)
-    t_ba, t_raw, t_put = [], [], []
-    for _ in range(20):
+    nbytes = comm.bcast(unchanged.size if t.is_reader else None, root=0)
+    raw = [unchanged.copy(), unchanged.copy()] if t.is_reader else [np.empty(nbytes, np.uint8)] * 2
+    unchanged = unchanged if t.is_reader else np.empty(nbytes, np.uint8)
+    times = {"decoded": [], "raw": [], "unchanged": []}
+
+    def timed(name, send):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        send()
+        comm.Barrier()
+        times[name].append(time.perf_counter() - t0)
+
+    sends = {
+        "decoded": lambda: sender.push_step(ids, labels, payload) if t.is_reader else receiver.recv(),
+        "raw": lambda: comm.Bcast(raw[(step - 1) % 2], root=0),  # the bytes filled one step ago
+        "unchanged": lambda: comm.Bcast(unchanged, root=0),
+    }
+    t_put = []
+    for step in range(1, 31):
         if t.is_reader:
             t0 = time.perf_counter()
-            payload = fill(capacity)
+            payload = fill(capacity)  # sent by the next step's push
             t_put.append(time.perf_counter() - t0)
-        comm.Barrier()
-        t0 = time.perf_counter()
-        if t.is_reader:
-            sender.push_step(ids, labels, payload)  # sends the step before it
-        else:
-            receiver.recv()
-        comm.Barrier()
-        t_ba.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        comm.Bcast(raw, root=0)
-        comm.Barrier()
-        t_raw.append(time.perf_counter() - t0)
+            raw[step % 2][:] = payload.message
+        for name in (("decoded", "raw") if step % 2 else ("raw", "decoded")) + ("unchanged",):
+            timed(name, sends[name])
     if t.is_reader:
         sender.close()
     else:
         receiver.recv()
         receiver.recv_end()
-    bw_ba, bw_raw = nbytes / statistics.median(t_ba) / 2**20, nbytes / statistics.median(t_raw) / 2**20
-    per_pair = statistics.median(r / d for d, r in zip(t_ba, t_raw))  # neighbours in time: robust to load shifts
+    bw = {k: nbytes / statistics.median(v) / 2**20 for k, v in times.items()}
+    per_pair = statistics.median(r / d for d, r in zip(times["decoded"], times["raw"]))  # neighbours in time
     if t.rank == 0:
         print(f"## Group of {t.world_size} ranks, {b} unique JPEGs (375x500) per step, {steps} steps\n")
         print("| broadcast | unique images/s per rank | vs 'none' |")
@@ -285,9 +303,11 @@ def bench_bcast(n_images: int = 64, steps: int = 6, b: int = 16) -> None:
         for mode, r in rows:
             print(f"| {mode} | {r:.0f} | {r / none:.2f}x |")
         print(f"\nDecoded-image broadcast of {nbytes / 2**20:.1f} MiB per step (DecodedSender: one Bcast of "
-              f"the reader's payload): {bw_ba:.0f} MiB/s vs raw MPI Bcast of the same bytes {bw_raw:.0f} MiB/s = "
-              f"{bw_ba / bw_raw:.0%} (median of the 20 pairs' ratios: {per_pair:.0%}); the reader's copy into the payload, made in its read threads: "
-              f"{statistics.median(t_put) * 1e3:.1f} ms per step", flush=True)
+              f"the reader's payload): {bw['decoded']:.0f} MiB/s vs raw MPI Bcast of the same bytes, as recently "
+              f"written, {bw['raw']:.0f} MiB/s = {bw['decoded'] / bw['raw']:.0%} (median of the 30 pairs' ratios: "
+              f"{per_pair:.0%}); raw Bcast of one unchanged buffer sent again every step (cache-resident, the old "
+              f"baseline): {bw['unchanged']:.0f} MiB/s; the reader's copy into the payload, made in its read "
+              f"threads: {statistics.median(t_put) * 1e3:.1f} ms per step", flush=True)
 
 
 if __name__ == "__main__":

@@ -320,3 +320,44 @@ def test_batched_copies_are_deterministic_per_seed_and_in_graph():
     np.testing.assert_array_equal(eager, ba.copies(images, None, draws, op).numpy())
     np.testing.assert_array_equal(eager, tf.function(lambda: ba.copies(images, None, draws, op))().numpy())
     assert len({eager[k].tobytes() for k in range(8)}) == 8   # every copy its own transform
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_host_kernel_makes_the_same_crops_as_the_tensorflow_ops(channels):
+    """host=True (tf.data) resizes with OpenCV: same windows and flips, pixels within one level."""
+    from ba_dist import ba
+    op = A.get_augment("imagenet", size=40)
+    rng = np.random.default_rng(3)
+    shapes = [(50, 70), (64, 48), (33, 90)]  # ragged: zero-padded into one batch
+    padded = np.zeros((3, 64, 90, channels), np.uint8)
+    for k, (h, w) in enumerate(shapes):
+        padded[k, :h, :w] = rng.integers(0, 256, (h, w, channels))
+    sizes = [list(s) for s in shapes]
+    draws = tf.stack([ba.copy_draws(5, 0, 0, i, 8, op.draws) for i in range(3)])
+    device = ba.copies(padded, sizes, draws, op).numpy()
+    host = ba.copies(padded, sizes, draws, op, host=True).numpy()
+    assert host.shape == device.shape == (24, 40, 40, channels) and host.dtype == np.float32
+    assert np.abs(host - device).max() <= 1.0
+    assert np.array_equal(host, np.round(host))  # whole 0..255 levels
+    assert (np.abs(host - device).mean(axis=(1, 2, 3)) < 0.5).all()  # every row: the same crop, not a neighbour
+    flips = (tf.reshape(tf.transpose(draws, [1, 0, 2]), [-1, op.draws])[:, -1] < 0.5).numpy()
+    assert 0 < flips.sum() < len(flips)  # mirrored and plain rows both compared
+    graph = tf.function(lambda: ba.copies(padded, sizes, draws, op, host=True))().numpy()
+    np.testing.assert_array_equal(host, graph)  # deterministic, eager = graph
+
+
+def test_host_flag_keeps_tensorflow_ops_where_there_is_no_host_kernel():
+    from ba_dist import ba
+    images = np.stack([IMAGE, IMAGE[::-1]])
+    for name in ("cifar", "imagenet_eval"):
+        op = A.get_augment(name)
+        draws = tf.stack([ba.copy_draws(3, 1, 0, i, 2, op.draws) for i in range(2)])
+        np.testing.assert_array_equal(ba.copies(images, None, draws, op).numpy(),
+                                      ba.copies(images, None, draws, op, host=True).numpy())
+    op = A.get_augment("imagenet(size=32)|cutout(size=8)")  # a chain: its imagenet part on the host
+    draws = tf.stack([ba.copy_draws(3, 1, 0, i, 2, op.draws) for i in range(2)])
+    host = ba.copies(images, None, draws, op, host=True).numpy()
+    assert np.abs(host - ba.copies(images, None, draws, op).numpy()).max() <= 1.0
+    floats = images.astype(np.float32)  # float images: TensorFlow ops (the host kernel is uint8)
+    np.testing.assert_array_equal(ba.copies(floats, None, draws, op, host=True).numpy(),
+                                  ba.copies(floats, None, draws, op).numpy())

@@ -30,7 +30,11 @@ What is vectorised: the Inception crop windows of all rows (TensorFlow's
 CIFAR/digits pad-crop and flip (one gather over all rows) and Cutout (one mask).
 The ImageNet crop + resize is one slice (mirrored on uint8 if flipped) and one
 bilinear resize per row: on CPU, ``tf.image.crop_and_resize`` over all boxes
-was measured 3-4x slower than that (docs/performance.md).
+was measured 3-4x slower than that (docs/performance.md). Where the rows are
+made on the host (``op.batch(..., host=True)``: ba-train's tf.data), the
+Inception crop's slice + flip + resize of every row is one ``tf.numpy_function``
+call running OpenCV's SIMD bilinear kernel on uint8, about a third of the cost
+of TensorFlow's CPU kernel; same windows and flips, pixels within one level.
 
 ``mixup_batch`` is a batch-level op; apply it after the BA copies are made.
 Until issue 15 every op drew from stateless TF ops per copy (a crop-window op,
@@ -42,6 +46,7 @@ from __future__ import annotations
 import ast
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -114,13 +119,13 @@ class Augment:
         draws: how many uniforms in [0, 1) one copy consumes (columns of ``u``).
     """
 
-    def __init__(self, name: str, draws: int, batch_fn: BatchFn):
-        self.name, self.draws, self._batch_fn = name, int(draws), batch_fn
+    def __init__(self, name: str, draws: int, batch_fn: BatchFn, host_fn: Optional[BatchFn] = None):
+        self.name, self.draws, self._batch_fn, self._host_fn = name, int(draws), batch_fn, host_fn
 
     def __repr__(self) -> str:
         return f"Augment({self.name!r}, draws={self.draws})"
 
-    def batch(self, images, sizes, index, u) -> tf.Tensor:
+    def batch(self, images, sizes, index, u, host: bool = False) -> tf.Tensor:
         """``N`` copies, row ``n`` = this op on image ``index[n]`` with draws ``u[n]``.
 
         Args:
@@ -131,6 +136,10 @@ class Augment:
             index: ``[N]`` int, which image each row is made from; None: ``N = b``,
                 row ``n`` from image ``n``.
             u: ``[N, draws]`` uniforms in [0, 1).
+            host: the rows are made on the host CPU (in ``tf.data``): an op with a
+                host kernel uses it for uint8 images (the Inception crops:
+                OpenCV's bilinear resize, rounded to whole 0..255 levels). False
+                (default): TensorFlow ops only, which run on any device.
 
         Returns:
             float32 ``[N, H', W', C]`` in 0..255 units.
@@ -144,7 +153,8 @@ class Augment:
         u = tf.convert_to_tensor(u, tf.float32)
         if u.shape.rank is not None and (u.shape.rank != 2 or u.shape[1] not in (None, self.draws)):
             raise ValueError(f"{self.name} needs draws of shape [N, {self.draws}], got {u.shape}.")
-        return self._batch_fn(images, tf.cast(sizes, tf.int32), index, u)
+        fn = self._host_fn if host and self._host_fn is not None and images.dtype == tf.uint8 else self._batch_fn
+        return fn(images, tf.cast(sizes, tf.int32), index, u)
 
     def __call__(self, image, seed) -> tf.Tensor:
         """One copy of one ``[H, W, C]`` image: row 0 of the draws of ``seed``."""
@@ -409,6 +419,46 @@ def _resize(crop: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear")
 
 
+def _opencv():
+    try:
+        import cv2
+    except ImportError as e:  # a requirement of ba_dist: only a broken install lacks it
+        raise ImportError("ba_dist's host copies need OpenCV: pip install opencv-python-headless "
+                          "(see requirements/constraints.txt)") from e
+    return cv2
+
+
+def _host_crop_resize(images: tf.Tensor, src: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
+                      size: int, n) -> tf.Tensor:
+    """The host kernel of :func:`_crop_flip` + :func:`_resize` for every row: one call per batch.
+
+    TensorFlow's CPU bilinear kernel costs about 0.24 ms per 224x224x3 copy on
+    one core, most of a copy's cost; OpenCV's SIMD kernel on uint8 makes the
+    same resize (half-pixel centres, no antialiasing: the same sampling points
+    and weights) in about a third of that, rounding to whole 0..255 levels
+    (docs/performance.md). The windows and flips are the op's own, so the two
+    kernels make the same crops; their pixels differ by rounding (< 1 level).
+    """
+    cv2 = _opencv()
+    channels = images.shape[-1]
+
+    def kernel(images, src, windows, flips):
+        out = np.empty((len(src), size, size, images.shape[-1]), np.uint8)
+        # (plain ints: indexing numpy arrays per row costs more than the resize's setup)
+        for k, (i, (y, x, h, w), flip) in enumerate(zip(src.tolist(), windows.tolist(), flips.tolist())):
+            crop, dst = images[i, y:y + h, x:x + w], out[k]
+            if crop.shape[-1] == 1:  # OpenCV drops a single channel axis
+                crop, dst = crop[..., 0], dst[..., 0]
+            cv2.resize(crop, (size, size), dst=dst, interpolation=cv2.INTER_LINEAR)
+            if flip:  # mirroring the resized copy = resizing the mirrored crop (symmetric sampling)
+                cv2.flip(dst, 1, dst=dst)
+        return out
+
+    out = tf.numpy_function(kernel, [images, src, windows, flips], tf.uint8, stateful=False)
+    out.set_shape([n if isinstance(n, int) else None, size, size, channels])
+    return tf.cast(out, tf.float32)
+
+
 def get_imagenet(size: int = 224, area_range: Tuple[float, float] = INCEPTION_AREA_RANGE,
                  aspect_ratio_range: Tuple[float, float] = INCEPTION_ASPECT_RANGE
                  ) -> Augment:
@@ -428,16 +478,25 @@ def get_imagenet(size: int = 224, area_range: Tuple[float, float] = INCEPTION_AR
     _check_range("area_range", area_range, 0.0, 1.0)
     _check_range("aspect_ratio_range", aspect_ratio_range, 0.0, float("inf"))
 
-    def _imagenet(images, sizes, index, u):
+    def _windows(sizes, index, u):
         windows = inception_windows(_take(sizes, index), u[:, :-1], area_range, aspect_ratio_range)
-        flips = u[:, -1] < 0.5
+        return windows, u[:, -1] < 0.5
+
+    def _imagenet(images, sizes, index, u):
+        windows, flips = _windows(sizes, index, u)
         n = _num_rows(images, index)
         src = tf.range(n) if index is None else index
         if isinstance(n, int):  # the pipelines: N known, unstack once instead of indexing per row
             rows = zip(tf.unstack(src, n), tf.unstack(windows, n), tf.unstack(flips, n))
             return tf.stack([_resize(_crop_flip(images, i, wd, f), size) for i, wd, f in rows])
         return _per_row(lambda k: _resize(_crop_flip(images, src[k], windows[k], flips[k]), size), n)
-    return Augment("imagenet", _IMAGENET_DRAWS, _imagenet)
+
+    def _imagenet_host(images, sizes, index, u):
+        windows, flips = _windows(sizes, index, u)
+        n = _num_rows(images, index)
+        src = tf.range(n) if index is None else index
+        return _host_crop_resize(images, src, windows, flips, size, n)
+    return Augment("imagenet", _IMAGENET_DRAWS, _imagenet, _imagenet_host)
 
 
 def get_imagenet_light(size: int = 224,
@@ -528,14 +587,18 @@ def chain(*ops: Augment) -> Augment:
         raise ValueError("chain() needs at least one op.")
     ops = tuple(as_augment(op) for op in ops)
 
-    def _chain(images, sizes, index, u):
+    def _chain(images, sizes, index, u, host=False):
         start = 0
         for k, op in enumerate(ops):
             part = u[:, start:start + op.draws]
-            images = op.batch(images, sizes if k == 0 else None, index if k == 0 else None, part)
+            images = op.batch(images, sizes if k == 0 else None, index if k == 0 else None, part, host=host)
             start += op.draws
         return images
-    return Augment("|".join(op.name for op in ops), sum(op.draws for op in ops), _chain)
+
+    def _chain_host(images, sizes, index, u):
+        return _chain(images, sizes, index, u, host=True)
+    host = _chain_host if any(op._host_fn is not None for op in ops) else None
+    return Augment("|".join(op.name for op in ops), sum(op.draws for op in ops), _chain, host)
 
 
 def as_augment(fn: Union[Augment, AugmentFn]) -> Augment:

@@ -50,7 +50,10 @@ class CopyMaker:
     The one place a BA batch is made: in tf.data (``copies_on='host'``) or in
     the train step on the model's device (``'device'``: each unique image
     crosses to the device once, as uint8, and the M copies are made there).
-    Same ops, same draws: the two placements give the same batch.
+    Same draws, same crops: the two placements give the same batch, except
+    that on the host an op may use a faster host kernel (the Inception crop's
+    resize: OpenCV on uint8, rounded to whole levels, < 1 level from the
+    TensorFlow kernel the device uses; ``Augment.batch``).
     """
 
     def __init__(self, augment_fn, spec: PipelineSpec, rank: int, num_classes: int, onehot: bool = True):
@@ -61,11 +64,11 @@ class CopyMaker:
         """``[m_local, op.draws]`` draws of one sample's copies on this rank."""
         return ba.copy_draws(self.spec.seed, epoch, self.rank, sample_id, self.spec.m_local, self.op.draws)
 
-    def __call__(self, x, sizes, draws, label, epoch, step):
+    def __call__(self, x, sizes, draws, label, epoch, step, host: bool = True):
         """``x [b, H, W, C]`` (zero-padded), ``sizes [b, 2]``, ``draws [b, m, k]``, ``label [b]``, epoch/step
-        scalars -> ``(images [m*b, ...], labels)``, copy-major."""
+        scalars -> ``(images [m*b, ...], labels)``, copy-major. ``host``: made in ``tf.data`` on the host."""
         spec, m = self.spec, self.spec.m_local
-        x = normalize(ba.copies(x, sizes, draws, self.op), spec)
+        x = normalize(ba.copies(x, sizes, draws, self.op, host=host), spec)
         y = ba.repeat(label, m)
         if self.onehot or spec.mixup_alpha > 0:
             y = tf.one_hot(y, self.num_classes)
@@ -75,7 +78,8 @@ class CopyMaker:
 
     def on_device(self, unique: dict, label):
         """The train step's half of ``copies_on='device'``: a unique-batch element -> the BA batch."""
-        return self(unique["images"], unique["sizes"], unique["draws"], label, unique["epoch"], unique["step"])
+        return self(unique["images"], unique["sizes"], unique["draws"], label, unique["epoch"], unique["step"],
+                    host=False)
 
 
 def ba_batches(elements: tf.data.Dataset, augment_fn, spec: PipelineSpec, rank: int,
