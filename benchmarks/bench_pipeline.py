@@ -173,6 +173,7 @@ def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
         return tf.image.stateless_random_flip_left_right(tf.image.resize(crop, [224, 224]), seed=flip_seed)
 
     seeds = [tf.constant([7, k], tf.int64) for k in range(rows)]
+    copies_u8 = aug._host_crop_resize(batch, index, windows, flat_u[:, -1] < 0.5, 224, rows)
     per_copy = {
         f"decode_jpeg (full image), {b} images in one graph, per image": (tf.function(
             lambda: [tf.io.decode_jpeg(x, channels=3) for x in jpeg_t]), b),
@@ -184,6 +185,10 @@ def _profile(jpegs, imagenet, b: int, m: int = 4, n: int = 100) -> None:
             tf.function(lambda: ba.copies(batch, hw, u, imagenet)), rows),
         f"  before issue 15: the per-copy op, {rows} copies of the same images, per copy": (tf.function(
             lambda: tf.stack([before_issue_15(imgs[k % b], seeds[k]) for k in range(rows)])), rows),
+        "  of which: the host kernel alone (one tf.numpy_function: slice, OpenCV resize, flip; uint8 out), per copy": (
+            tf.function(lambda: aug._host_crop_resize(batch, index, windows, flat_u[:, -1] < 0.5, 224, rows)), rows),
+        "  of which: the cast of the copies to float32, per copy": (
+            tf.function(lambda: tf.cast(copies_u8, tf.float32)), rows),
         "  of which: crop windows of all rows (vectorised sampler), per copy": (
             tf.function(lambda: aug.inception_windows(tf.gather(hw, index), flat_u[:, :-1])), rows),
         f"  before issue 15: TF's sample_distorted_bounding_box, {rows} calls in one graph, per copy": (
