@@ -419,13 +419,26 @@ def _resize(crop: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(tf.cast(crop, tf.float32), [size, size], method="bilinear")
 
 
+_OPENCV = None
+
+
 def _opencv():
-    try:
-        import cv2
-    except ImportError as e:  # a requirement of ba_dist: only a broken install lacks it
-        raise ImportError("ba_dist's host copies need OpenCV: pip install opencv-python-headless "
-                          "(see requirements/constraints.txt)") from e
-    return cv2
+    """OpenCV, set to one thread per call the first time (process-wide).
+
+    tf.data already runs several steps' kernels at once (``map`` with AUTOTUNE
+    parallel calls); OpenCV's own threads on top of that were measured slower
+    (0.39 against 0.22 ms per copy on 2 cores, docs/performance.md).
+    """
+    global _OPENCV
+    if _OPENCV is None:
+        try:
+            import cv2
+        except ImportError as e:  # a requirement of ba_dist: only a broken install lacks it
+            raise ImportError("ba_dist's host copies need OpenCV: pip install opencv-python-headless "
+                              "(see requirements/constraints.txt)") from e
+        cv2.setNumThreads(1)
+        _OPENCV = cv2
+    return _OPENCV
 
 
 def _aligned_empty(shape, align: int = 64) -> np.ndarray:
