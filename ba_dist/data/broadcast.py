@@ -40,6 +40,7 @@ mapped by earlier steps, as a raw ``Bcast`` between two fixed buffers does.
 """
 from __future__ import annotations
 
+import mmap
 import sys
 import threading
 from typing import Optional, Sequence
@@ -255,19 +256,40 @@ def _refs(buffers: list, k: int) -> int:
     return sys.getrefcount(buffers[k])
 
 
-_FREE_REFS = _refs([np.empty(0)], 0)  # a buffer referenced by its list only
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def _huge_page_buffer(nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(owner, buffer)``: ``nbytes`` of fresh anonymous memory, 2 MiB aligned, advised for huge pages.
+
+    ``owner`` is the array every view of ``buffer`` refers to (its base). Where
+    the kernel has no transparent huge pages (or Python no ``madvise``) this is
+    plain anonymous memory.
+    """
+    region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(region, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # THP disabled in this kernel: 4 KiB pages
+            pass
+    owner = np.frombuffer(region, np.uint8)
+    start = (-owner.ctypes.data) % _HUGE_PAGE
+    return owner, owner[start:start + nbytes]
 
 
 class BufferPool:
     """Large uint8 buffers of earlier steps, handed out again once no view of them is alive.
 
-    Reuse keeps a step buffer's pages mapped (and, for numpy's large
-    allocations, huge-page backed) from step to step, as a raw Bcast from and
-    into one buffer has them: a fresh multi-MiB buffer per step costs its page
-    faults where it is first written and sends slower (measured in
-    docs/performance.md). Every view of a buffer (a step's images, whoever holds
-    them) holds a reference to it, so a buffer whose only reference is the
-    pool's list is free.
+    A buffer is fresh anonymous memory, 2 MiB aligned and advised for
+    transparent huge pages, and is reused from step to step. Measured at 2
+    ranks (docs/performance.md): Open MPI's shared-memory Bcast reads the
+    reader's buffer about 4x faster when huge pages back it, and a plain
+    ``np.empty`` per step gets them only now and then (once the allocator
+    serves large blocks from its heap, never). Every view of a buffer (a step's
+    images, whoever holds them) holds a reference to its owner, so a buffer
+    whose owner is referenced by the pool's list only is free.
 
     Args:
       keep: buffers kept; steps queued in the loader (prefetch) and held by the
@@ -276,18 +298,33 @@ class BufferPool:
 
     def __init__(self, keep: int = 8):
         self.keep = keep
-        self._spare: list[np.ndarray] = []  # newest first
+        self._owners: list[np.ndarray] = []  # newest first; each the base of the buffer beside it
+        self._spare: list[np.ndarray] = []
         self._lock = threading.Lock()  # a payload may grow from a read thread
 
     def get(self, nbytes: int) -> np.ndarray:
         """A writable uint8 buffer of at least ``nbytes``: a free earlier one if one is large enough, else a new one."""
         with self._lock:
             for k in range(len(self._spare)):
-                if self._spare[k].size >= nbytes and _refs(self._spare, k) == _FREE_REFS:
+                if self._spare[k].size >= nbytes and _refs(self._owners, k) == _FREE_OWNER_REFS:
                     return self._spare[k]
-            buf = np.empty(nbytes * 5 // 4, np.uint8)  # headroom for larger steps; untouched bytes cost nothing
+            owner, buf = _huge_page_buffer(nbytes * 5 // 4)  # headroom for larger steps; untouched bytes cost nothing
+            self._owners = [owner] + self._owners[:self.keep - 1]
             self._spare = [buf] + self._spare[:self.keep - 1]
             return buf
+
+
+def _free_owner_refs() -> int:
+    owners, spare = [], []
+    owner, buf = _huge_page_buffer(1)
+    owners.append(owner)
+    spare.append(buf)
+    del owner, buf
+    return _refs(owners, 0)
+
+
+# An owner referenced only by the pool: its list and its buffer's base.
+_FREE_OWNER_REFS = _free_owner_refs()
 
 
 class DecodedReceiver:
