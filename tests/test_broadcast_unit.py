@@ -58,6 +58,7 @@ def test_put_rejects_what_the_wire_format_cannot_carry():
 def test_step_buffers_are_reused_only_once_no_view_of_them_is_alive():
     pool = DecodedReceiver(channel=None, count=4).buffers
     a = pool.get(1000)
+    assert a.ctypes.data % (2 << 20) == 0 and a.flags.writeable  # huge-page aligned
     image = a[100:400].reshape(10, 10, 3)  # what recv hands out: views into the buffer
     del a
     b = pool.get(1000)
