@@ -35,8 +35,10 @@ buffer MPI wrote. A substituted corrupt sample points at its substitute's bytes
 was given, the payload grows and the bytes already in it are copied once more
 (the loader sizes the next payloads from the largest step so far, so this is
 rare after the first step). Both ends take their step buffers from a
-:class:`BufferPool`, so a step's bytes go out of and into buffers already
-mapped by earlier steps, as a raw ``Bcast`` between two fixed buffers does.
+:class:`BufferPool`: huge-page backed where the kernel allows, and reused from
+step to step, so a step's bytes go out of and into buffers already mapped by
+earlier steps (at 2 ranks this decided whether the send ran at raw ``Bcast``
+speed: docs/performance.md).
 """
 from __future__ import annotations
 
