@@ -426,8 +426,8 @@ def _opencv():
     """OpenCV, set to one thread per call the first time (process-wide).
 
     tf.data already runs several steps' kernels at once (``map`` with AUTOTUNE
-    parallel calls); OpenCV's own threads on top of that were measured slower
-    (0.39 against 0.22 ms per copy on 2 cores, docs/performance.md).
+    parallel calls); OpenCV's own threads were measured slower even for one
+    step alone on 2 idle cores (0.236 against 0.202 ms per copy, docs/performance.md).
     """
     global _OPENCV
     if _OPENCV is None:

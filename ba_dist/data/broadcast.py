@@ -6,10 +6,11 @@ Two wire formats over the group's channel (``ba_dist.dist.group_channel()``, rea
   (:class:`DecodedSender` on the reader, :class:`DecodedReceiver` elsewhere);
 * ``encoded``: the files' bytes, decoded by every rank itself (:func:`bcast_encoded`).
 
-Everything travels in ``Bcast`` calls on flat numpy buffers (no pickling). A
-status other than OK carries an error message instead of samples, so a reader
-that hits a fatal error takes the group down with a message instead of leaving
-the other ranks waiting.
+Everything travels in ``Bcast`` calls on flat numpy buffers (no pickling). In
+``decoded`` a status other than OK carries an error message instead of samples,
+so a reader that hits a fatal error takes the group down with a message instead
+of leaving the other ranks waiting (in ``encoded`` every rank decodes, so a bad
+sample fails, or is substituted, on every rank alike).
 
 ``encoded``: two ``Bcast`` per step, a fixed-size int64 header (status,
 per-sample id and length) and one contiguous blob; the end is a header of its own.
@@ -50,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["BufferPool", "DecodedPayload", "DecodedReceiver", "DecodedSender", "GroupBroadcastError", "GroupEnd",
-           "bcast_encoded", "bcast_error", "bcast_end", "recv_end"]
+           "bcast_encoded", "bcast_end", "recv_end"]
 
 _OK, _ERROR, _END = 0, 1, 2
 # header = [status, count, payload_bytes, substituted, next_status, next_bytes,
@@ -168,20 +169,7 @@ def _recv_header(channel, count: int) -> np.ndarray:
     channel.bcast(header)
     if header[0] == _END:
         raise GroupEnd()
-    if header[0] == _ERROR:
-        msg = np.empty(int(header[2]), np.uint8)
-        channel.bcast(msg)
-        raise GroupBroadcastError(msg.tobytes().decode("utf-8", "replace"))
     return header
-
-
-def bcast_error(channel, count: int, message: str) -> None:
-    """Reader only (``encoded``): tell the group that this step cannot be produced."""
-    data = np.frombuffer(message.encode("utf-8"), np.uint8)
-    header = np.zeros(_header_size(count), np.int64)
-    header[0], header[1], header[2] = _ERROR, count, len(data)
-    channel.bcast(header)
-    channel.bcast(np.ascontiguousarray(data))
 
 
 def bcast_end(channel, count: int) -> None:
@@ -317,10 +305,8 @@ class BufferPool:
 
 
 def _free_owner_refs() -> int:
-    owners, spare = [], []
     owner, buf = _huge_page_buffer(1)
-    owners.append(owner)
-    spare.append(buf)
+    owners, spare = [owner], [buf]  # as a BufferPool holds them
     del owner, buf
     return _refs(owners, 0)
 
