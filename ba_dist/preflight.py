@@ -23,8 +23,9 @@ Checks:
   * MPI thread level: the group loader broadcasts (mpi4py) in a thread while Horovod's
     background thread calls MPI, so MPI must grant ``MPI_THREAD_MULTIPLE`` (Cray MPICH only
     with ``MPICH_MAX_THREAD_SAFETY=multiple``).
-  * Host memory: the decoded broadcast buffers, ``prefetch x b x decoded image bytes`` per
-    rank, times the ranks of the node, must fit in ``MemAvailable``.
+  * Host memory: the decoded broadcast buffers, ``(prefetch + 2) x b x decoded image bytes
+    x 1.25`` per rank (steps in flight, the buffer pool's headroom), times the ranks of the
+    node, must fit in ``MemAvailable``.
   * Open files: a reader keeps every shard file of both splits open; the soft limit is
     raised to the hard one when that suffices, else it is a failure.
 """
@@ -156,10 +157,14 @@ def mem_available() -> Optional[int]:
 
 
 def _memory(r: Report, prefetch: int, per_rank_unique: int, image_bytes: int, local_size: int) -> None:
-    need = max(1, prefetch) * per_rank_unique * image_bytes * local_size
+    from ba_dist.data.broadcast import steps_in_flight  # numpy only
+    # step buffers in flight (the queued steps + 2), each with the pool's 25% headroom
+    steps = steps_in_flight(prefetch)
+    need = steps * per_rank_unique * image_bytes * 5 // 4 * local_size
     have = mem_available()
     r.info.append(f"host memory: decoded broadcast buffers {need / 2**20:.0f} MiB for {local_size} rank(s) "
-                  f"(prefetch {prefetch} x b {per_rank_unique} x {image_bytes / 1024:.0f} KiB per image x ranks); "
+                  f"({steps} steps in flight (prefetch {prefetch} + 2) x b {per_rank_unique} x "
+                  f"{image_bytes / 1024:.0f} KiB per image x 1.25 headroom x ranks); "
                   f"available {'unknown' if have is None else f'{have / 2**20:.0f} MiB'}")
     if have is not None and need > have:
         r.fail(f"the decoded broadcast buffers need {need / 2**20:.0f} MiB on this node but only "

@@ -51,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["BufferPool", "DecodedPayload", "DecodedReceiver", "DecodedSender", "GroupBroadcastError", "GroupEnd",
-           "bcast_encoded", "bcast_end", "recv_end"]
+           "bcast_encoded", "bcast_end", "recv_end", "steps_in_flight"]
 
 _OK, _ERROR, _END = 0, 1, 2
 # header = [status, count, payload_bytes, substituted, next_status, next_bytes,
@@ -248,6 +248,13 @@ def _refs(buffers: list, k: int) -> int:
 
 
 
+def steps_in_flight(prefetch: int) -> int:
+    """Decoded steps a rank of a ``decoded`` group holds at most: the loader's ``prefetch`` queued
+    steps, one being filled (reader) or received, and one the sender holds (reader) or the
+    consumer has (others). The step buffers a loader keeps, and what the preflight counts."""
+    return max(1, prefetch) + 2
+
+
 _HUGE_PAGE = 2 << 20
 
 
@@ -318,10 +325,10 @@ _FREE_OWNER_REFS = _free_owner_refs()
 class DecodedReceiver:
     """A non-reader's end of a ``decoded`` stream; :meth:`recv` once per step."""
 
-    def __init__(self, channel, count: int):
+    def __init__(self, channel, count: int, keep: int = 8):
         self.channel, self.count = channel, count
         self._next: Optional[tuple[int, int]] = None  # (status, bytes) of the next message
-        self.buffers = BufferPool()  # receive buffers, reused once no view of them is alive
+        self.buffers = BufferPool(keep)  # receive buffers, reused once no view of them is alive
 
     def recv(self):
         """The next step as ``(ids, labels, images, substituted)``; ``images`` are views into the received buffer.

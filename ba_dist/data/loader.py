@@ -115,7 +115,10 @@ class GroupLoader:
         # that is still running in the background.
         self.channel = dist.group_channel() if topology.m_ranks > 1 else None
         self._mode = spec.broadcast if self.channel is not None else "none"
-        self._receiver = (broadcast.DecodedReceiver(self.channel, spec.per_rank_unique)
+        # Step buffers a decoded stream keeps per rank: the queued steps plus the one
+        # being filled and the one the sender holds (reader) or the consumer has (others).
+        in_flight = broadcast.steps_in_flight(spec.prefetch)
+        self._receiver = (broadcast.DecodedReceiver(self.channel, spec.per_rank_unique, keep=in_flight)
                           if self._mode == "decoded" and not topology.is_reader else None)
         self.start_epoch, self.start_step = start_epoch, start_step
         self.num_steps = num_steps
@@ -123,7 +126,7 @@ class GroupLoader:
         # bytes to reserve for a step's decoded broadcast payload (grows with the largest step)
         shape = spec.image_shape
         self._payload_capacity = spec.per_rank_unique * int(np.prod(shape)) if shape is not None else 0
-        self._payloads = broadcast.BufferPool()  # reader: buffers of steps already sent, reused
+        self._payloads = broadcast.BufferPool(in_flight)  # reader: buffers of steps already sent, reused
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, spec.prefetch))
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, spec.read_threads), "ba-read")
         self._thread: Optional[threading.Thread] = None
